@@ -1,0 +1,27 @@
+"""lrpfx: Layer-wise Relevance Propagation for PyTorch as a torch.fx graph compiler.
+
+>>> import lrpfx
+>>> explainer = lrpfx.compile(model, "epsilon-plus-flat")
+>>> out = explainer(x, target=3)          # out.output, out.relevance
+>>> print(explainer.code)                 # the generated relevance program
+"""
+
+from lrpfx import composites, rules
+from lrpfx.compiler import compile
+from lrpfx.errors import LrpfxError, TraceError, UnsupportedOperationError
+from lrpfx.explainer import Explainer, Explanation
+from lrpfx.ops import register
+from lrpfx.show import show
+
+__all__ = [
+    "Explainer",
+    "Explanation",
+    "LrpfxError",
+    "TraceError",
+    "UnsupportedOperationError",
+    "compile",
+    "composites",
+    "register",
+    "rules",
+    "show",
+]

@@ -1,0 +1,80 @@
+"""Code generation: one explain program (forward + relevance backward) as a GraphModule.
+
+The program is ``forward(self, <input>, target=None, output_relevance=None)`` returning
+``(output, relevance)``. The forward sweep copies every node; the output relevance is selected;
+the backward sweep visits the nodes in reverse and lets each op's implementation emit the
+relevance of its inputs; relevances of a value used several times are summed.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+
+from lrpfx import meta
+from lrpfx.builder import Builder
+from lrpfx.ops import functional as lf
+from lrpfx.ops.registry import lookup
+
+
+def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> fx.Node:
+    """Copy the forward; returns the model output's value."""
+    output = None
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            output = b[node.args[0]]
+            continue
+        impl = lookup(node, modules)
+        emit = impl.forward if impl is not None and impl.forward is not None else None
+        b.env[node] = emit(b, node) if emit else b.copy(node)
+    assert output is not None
+    return output
+
+
+def _accumulate(b: Builder, rel: dict[fx.Node, fx.Node], node: fx.Node, value: fx.Node) -> None:
+    """Sum the relevance arriving at ``node`` from its several users (fan-out)."""
+    if node in rel:
+        value = b.call(operator.add, rel[node], value, name=f"rel_{b.name(node)}")
+    rel[node] = value
+
+
+def _backward(
+    b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module], seed: fx.Node
+) -> dict[fx.Node, fx.Node]:
+    """Propagate ``seed`` from the output to every node; returns the relevance of each."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    rel: dict[fx.Node, fx.Node] = {output.args[0]: seed}  # type: ignore[dict-item]
+    for node in reversed(gm.graph.nodes):
+        impl = lookup(node, modules)
+        if node not in rel or impl is None:
+            continue
+        for source, value in impl.backward(b, node, rel[node], node.meta.get(meta.RULE)):
+            _accumulate(b, rel, source, value)
+    return rel
+
+
+def generate(gm: fx.GraphModule) -> fx.GraphModule:
+    """The explain program of an annotated, checked canonical graph."""
+    modules = dict(gm.named_modules())
+    b = Builder(gm)
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise ValueError(f"lrpfx explains models with one tensor input, got {len(inputs)}")
+    output = _forward(b, gm, modules)
+    target = b.graph.placeholder("target", default_value=None)
+    given = b.graph.placeholder("output_relevance", default_value=None)
+    seed = b.call(lf.output_relevance, output, target, given, name="rel_output")
+    rel = _backward(b, gm, modules, seed)
+    x = inputs[0]
+    relevance = rel.get(x) or b.call(torch.zeros_like, b[x], name=f"rel_{b.name(x)}")
+    b.graph.output((output, relevance))
+    root = nn.Module()
+    for name, value in b.constants.items():
+        root.register_buffer(name, value)
+    for node in b.graph.nodes:
+        if node.op == "call_module":
+            root.add_module(str(node.target), modules[str(node.target)])
+    b.graph.lint()
+    return fx.GraphModule(root, b.graph, "ExplainProgram")

@@ -1,0 +1,59 @@
+"""``lrpfx.compile``: trace, canonize, annotate, check, generate."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from lrpfx import codegen, composites, passes
+from lrpfx.explainer import Explainer
+from lrpfx.passes.maxpool import MaxPoolMode
+from lrpfx.tracing import LeafSpec, trace
+
+CANONIZE = (passes.normalize, passes.fold_batchnorm, passes.linearize)
+
+
+def compile(  # noqa: A001  (the public name is lrpfx.compile)
+    model: nn.Module,
+    rules: composites.Spec = "epsilon-plus-flat",
+    *,
+    maxpool: MaxPoolMode = "avg",
+    torch_compile: bool = False,
+    leaf_modules: Sequence[LeafSpec] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> Explainer:
+    """Compile ``model`` into an explainer: one generated forward + relevance program.
+
+    Args:
+        model: the model, explained with eval semantics (BatchNorm running statistics, no
+            dropout). It is only read: parameters, buffers, hooks and flags stay as they are.
+        rules: a preset name (``"epsilon-plus-flat"``), a ``Composite``, one ``Rule`` for every
+            conv/dense layer, or a map ``{nn.Conv2d: rules.ZPlus(), "features.0": rules.Flat()}``.
+        maxpool: ``"avg"`` (relevance through max-pools as through average pools) or ``"wta"``
+            (winner-takes-all, as Zennit).
+        torch_compile: wrap the program in ``torch.compile``.
+        leaf_modules: module classes or qualified names to keep whole when tracing.
+        concrete_args: passed to ``torch.fx`` tracing, to specialize Python control flow.
+
+    Example:
+        >>> explainer = lrpfx.compile(model, "epsilon-plus-flat")
+        >>> out = explainer(x, target=3)
+        >>> out.relevance.shape == x.shape
+    """
+    composite = composites.resolve(rules)
+    if model.training:
+        warnings.warn(
+            f"{type(model).__name__} is in training mode; lrpfx explains it with eval semantics "
+            "(BatchNorm running statistics, no dropout). Call model.eval() to silence this.",
+            stacklevel=2,
+        )
+    gm = trace(model, concrete_args, leaf_modules)
+    for canonize in CANONIZE:
+        gm = canonize(gm)
+    gm = passes.maxpool(gm, maxpool)
+    gm = passes.check(passes.annotate(gm, composite))
+    program = codegen.generate(gm)
+    return Explainer(program, gm, composite, torch_compile)

@@ -1,0 +1,275 @@
+"""Composites: which rule each node gets.
+
+A composite is an ordered list of ``(matcher, rule)``; the first match wins, and user entries
+come before a preset's defaults. Matchers look at what the graph knows: the op family of the
+node (``kind``: ``"conv"``, ``"dense"``, ``"activation"``, ``"avgpool"``, ``"maxpool"``,
+``"batchnorm"``...), the class of the module it came from (or the function equivalent to it:
+``F.conv2d`` matches ``nn.Conv2d``), its qualified name, and its position in execution order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lrpfx import meta
+from lrpfx.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus
+
+LAYER_KINDS = ("conv", "dense")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What matchers may ask of the graph: each node's op family and the execution order."""
+
+    kinds: Mapping[fx.Node, str]
+    order: Sequence[fx.Node]
+
+    def layers(self, kinds: Sequence[str]) -> list[fx.Node]:
+        """Nodes of the given kinds, in execution order."""
+        return [n for n in self.order if self.kinds.get(n) in kinds]
+
+
+class Matcher:
+    """Base class of matchers: ``matches(node, context) -> bool``."""
+
+    #: in a dict composite, entries are tried by specificity (names before classes)
+    specificity = 0
+
+    def matches(self, node: fx.Node, ctx: Context) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Kind(Matcher):
+    """Nodes whose op belongs to one of ``kinds``."""
+
+    kinds: tuple[str, ...]
+
+    def __init__(self, *kinds: str) -> None:
+        object.__setattr__(self, "kinds", kinds)
+
+    def matches(self, node: fx.Node, ctx: Context) -> bool:
+        return ctx.kinds.get(node) in self.kinds
+
+
+# the function each module class is canonicalized into, so ``nn.Conv2d`` matches ``F.conv2d``
+EQUIVALENT_FUNCTIONS: dict[type[nn.Module], tuple[Callable[..., Any], ...]] = {
+    nn.Conv1d: (F.conv1d,), nn.Conv2d: (F.conv2d,), nn.Conv3d: (F.conv3d,),
+    nn.Linear: (F.linear,), nn.ReLU: (torch.relu,),
+    nn.MaxPool1d: (F.max_pool1d,), nn.MaxPool2d: (F.max_pool2d,), nn.MaxPool3d: (F.max_pool3d,),
+    nn.AvgPool1d: (F.avg_pool1d,), nn.AvgPool2d: (F.avg_pool2d,), nn.AvgPool3d: (F.avg_pool3d,),
+    nn.AdaptiveAvgPool2d: (F.adaptive_avg_pool2d,),
+}
+
+
+@dataclass(frozen=True)
+class Type(Matcher):
+    """Nodes from a module of class ``cls`` (subclasses too), or a call of its function form."""
+
+    cls: type[nn.Module]
+
+    def matches(self, node: fx.Node, ctx: Context) -> bool:
+        origin = node.meta.get(meta.MODULE_TYPE)
+        if origin is not None:
+            return issubclass(origin, self.cls)
+        return node.target in EQUIVALENT_FUNCTIONS.get(self.cls, ())
+
+
+@dataclass(frozen=True)
+class Name(Matcher):
+    """Nodes whose module path matches a glob (``"features.0"``, ``"classifier.*"``)."""
+
+    pattern: str
+    specificity = 2
+
+    def matches(self, node: fx.Node, ctx: Context) -> bool:
+        path = node.meta.get(meta.PATH)
+        return path is not None and fnmatch.fnmatchcase(path, self.pattern)
+
+
+@dataclass(frozen=True)
+class Position(Matcher):
+    """Layers of ``kinds`` at positions ``start <= i < stop`` of the execution order.
+
+    The positions slice the list of layers as Python does: ``Position(0, 1)`` is the first
+    layer, ``Position(-1)`` the last, ``Position(3, 10)`` the fourth to the tenth.
+    """
+
+    start: int | None = None
+    stop: int | None = None
+    kinds: tuple[str, ...] = LAYER_KINDS
+    specificity = 1
+
+    def matches(self, node: fx.Node, ctx: Context) -> bool:
+        return node in ctx.layers(self.kinds)[self.start : self.stop]
+
+
+def First(*kinds: str) -> Position:  # noqa: N802  (reads as a matcher class)
+    """The first layer of ``kinds`` (conv or dense by default) in execution order."""
+    return Position(0, 1, kinds or LAYER_KINDS)
+
+
+Entry = tuple[Matcher, Rule]
+Key = Matcher | type[nn.Module] | str
+
+
+def as_matcher(key: Key) -> Matcher:
+    """A dict key as a matcher: a module class, a name glob or a matcher."""
+    if isinstance(key, Matcher):
+        return key
+    if isinstance(key, str):
+        return Name(key)
+    if isinstance(key, type) and issubclass(key, nn.Module):
+        return Type(key)
+    raise TypeError(f"composite keys are nn.Module classes, name globs or matchers; got {key!r}")
+
+
+def _user_entries(rules: Mapping[Key, Rule] | Sequence[Entry] | None) -> list[Entry]:
+    if rules is None:
+        return []
+    if isinstance(rules, Mapping):
+        entries = [(as_matcher(k), r) for k, r in rules.items()]
+        return sorted(entries, key=lambda e: -e[0].specificity)  # stable: map order kept
+    return [(as_matcher(m), r) for m, r in rules]
+
+
+class Composite:
+    """An ordered list of ``(matcher, rule)``; the first match wins.
+
+    Args:
+        entries: ``(matcher, rule)`` pairs (or a dict keyed by class, name glob or matcher; in a
+            dict, names and positions are tried before classes).
+        defaults: entries tried after ``entries``.
+    """
+
+    name = "custom"
+
+    def __init__(
+        self, entries: Mapping[Key, Rule] | Sequence[Entry] | None = None,
+        defaults: Sequence[Entry] = (),
+    ) -> None:
+        self.entries: list[Entry] = [*_user_entries(entries), *defaults]
+
+    def rule_for(self, node: fx.Node, ctx: Context) -> Rule | None:
+        return next((rule for m, rule in self.entries if m.matches(node, ctx)), None)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.entries)} entries)"
+
+
+def base_entries(stabilizer: float = 1e-6) -> list[Entry]:
+    """Defaults shared by the presets: activations pass, pools and sums normalize, BN passes."""
+    return [
+        (Kind("activation"), Pass()),
+        (Kind("add", "sum"), Norm(stabilizer)),
+        (Kind("avgpool", "maxpool"), Norm(stabilizer)),
+        (Kind("batchnorm"), Pass()),
+    ]
+
+
+class EpsilonPlus(Composite):
+    """ε on dense layers, z⁺ on convolutions."""
+
+    name = "epsilon-plus"
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6,
+                 rules: Mapping[Key, Rule] | None = None, ignore_bias: bool = False) -> None:
+        super().__init__(rules, [
+            *self.first(stabilizer, ignore_bias), *base_entries(stabilizer),
+            (Kind("conv"), self.conv_rule(stabilizer, ignore_bias)),
+            (Kind("dense"), Epsilon(epsilon, ignore_bias)),
+        ])
+
+    def first(self, stabilizer: float, ignore_bias: bool) -> list[Entry]:
+        return []
+
+    def conv_rule(self, stabilizer: float, ignore_bias: bool) -> Rule:
+        return ZPlus(stabilizer, ignore_bias)
+
+
+class EpsilonPlusFlat(EpsilonPlus):
+    """EpsilonPlus with the flat rule on the first layer (conv or dense)."""
+
+    name = "epsilon-plus-flat"
+
+    def first(self, stabilizer: float, ignore_bias: bool) -> list[Entry]:
+        return [(First(), Flat(stabilizer))]
+
+
+class EpsilonAlpha2Beta1(EpsilonPlus):
+    """ε on dense layers, αβ with α=2, β=1 on convolutions."""
+
+    name = "epsilon-alpha2-beta1"
+
+    def conv_rule(self, stabilizer: float, ignore_bias: bool) -> Rule:
+        return AlphaBeta(2.0, 1.0, stabilizer, ignore_bias)
+
+
+class EpsilonAlpha2Beta1Flat(EpsilonAlpha2Beta1):
+    """EpsilonAlpha2Beta1 with the flat rule on the first layer (conv or dense)."""
+
+    name = "epsilon-alpha2-beta1-flat"
+
+    def first(self, stabilizer: float, ignore_bias: bool) -> list[Entry]:
+        return [(First(), Flat(stabilizer))]
+
+
+class EpsilonGammaBox(Composite):
+    """zᴮ on the first convolution (pixels in ``[low, high]``), γ on the other convolutions,
+    ε on dense layers."""
+
+    name = "epsilon-gamma-box"
+
+    def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor,
+                 epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
+                 rules: Mapping[Key, Rule] | None = None, ignore_bias: bool = False) -> None:
+        super().__init__(rules, [
+            (First("conv"), ZBox(low, high, stabilizer, ignore_bias)),
+            *base_entries(stabilizer),
+            (Kind("conv"), Gamma(gamma, stabilizer, ignore_bias)),
+            (Kind("dense"), Epsilon(epsilon, ignore_bias)),
+        ])
+
+
+class EpsilonOnly(Composite):
+    """ε on every conv and dense layer (LRP-0 with ``epsilon=0``)."""
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6,
+                 rules: Mapping[Key, Rule] | None = None, ignore_bias: bool = False) -> None:
+        super().__init__(rules, [
+            *base_entries(stabilizer), (Kind(*LAYER_KINDS), Epsilon(epsilon, ignore_bias)),
+        ])
+
+
+PRESETS: dict[str, type[Composite]] = {
+    c.name: c for c in (EpsilonPlus, EpsilonPlusFlat, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
+                        EpsilonGammaBox, EpsilonOnly)
+}
+
+Spec = Composite | str | Rule | Mapping[Key, Rule] | Sequence[Entry]
+
+
+def resolve(spec: Spec) -> Composite:
+    """A composite from a preset name, a composite, one rule for every layer, or a map."""
+    if isinstance(spec, Composite):
+        return spec
+    if isinstance(spec, str):
+        key = spec.lower().replace("_", "-")
+        if key not in PRESETS:
+            raise ValueError(f"unknown composite {spec!r}; presets: {', '.join(PRESETS)}")
+        if key == "epsilon-gamma-box":
+            raise ValueError("'epsilon-gamma-box' needs the input bounds: pass "
+                             "lrpfx.composites.EpsilonGammaBox(low=..., high=...)")
+        return PRESETS[key]()
+    if isinstance(spec, Rule):
+        return EpsilonOnly(rules={Kind(*LAYER_KINDS): spec})
+    return EpsilonOnly(rules=spec)

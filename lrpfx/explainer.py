@@ -1,0 +1,63 @@
+"""The Explainer: the generated program as an ``nn.Module`` with a friendly call."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import fx, nn
+
+
+class Explanation(NamedTuple):
+    """The model output and the input relevance (shaped like the input)."""
+
+    output: torch.Tensor
+    relevance: torch.Tensor
+
+
+class Explainer(nn.Module):
+    """Runs the explain program: ``explainer(x, target=None, *, output_relevance=None)``.
+
+    Attributes:
+        program: the generated GraphModule (forward and relevance backward in one function).
+        graph_module: the annotated canonical graph it was generated from (for ``lrpfx.show``).
+        composite: the composite that chose the rules.
+    """
+
+    def __init__(self, program: fx.GraphModule, graph_module: fx.GraphModule,
+                 composite: object, torch_compile: bool = False) -> None:
+        super().__init__()
+        self.program = program
+        self.graph_module = graph_module
+        self.composite = composite
+        self._run = torch.compile(program) if torch_compile else program
+
+    @property
+    def code(self) -> str:
+        """The Python source of the generated program."""
+        return self.program.code
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+        output_relevance: torch.Tensor | None = None,
+    ) -> Explanation:
+        """Explain ``x``.
+
+        Args:
+            x: a batch of inputs.
+            target: the class to explain: an int, a 1-D LongTensor with one class per sample,
+                or None for each sample's argmax. The output relevance is then the target logit
+                (``output * one_hot(target)``).
+            output_relevance: the relevance at the output instead, shaped like the output.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if isinstance(target, int):
+            target = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            output, relevance = self._run(x, target, output_relevance)
+        return Explanation(output, relevance)
+
+    def extra_repr(self) -> str:
+        nodes = len(self.graph_module.graph.nodes)
+        return f"composite={self.composite!r}, nodes={nodes}"

@@ -1,0 +1,117 @@
+"""Runtime helpers that the generated program calls.
+
+They are plain tensor functions; the generated code names them, so they read as the math they do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """``x * scale + shift`` along the channel dimension 1 (an eval-mode BatchNorm)."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = x * scale.reshape(shape)
+    return y if shift is None else y + shift.reshape(shape)
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z + epsilon * sign0(z)`` with ``sign0(0) = +1``."""
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
+
+
+def conv_transpose(
+    s: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """The transpose of ``conv(·, weight)`` applied to ``s``, shaped like ``x``."""
+    return torch.ops.aten.convolution_backward(
+        s, x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
+        [True, False, False],
+    )[0]
+
+
+def linear_transpose(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``F.linear(·, weight)`` applied to ``s``."""
+    return torch.matmul(s, weight)
+
+
+def _as_2d(fn_2d, s: torch.Tensor, x: torch.Tensor, *args: object) -> torch.Tensor:  # noqa: ANN001
+    """Run a 2-d pooling backward on 1-d data by adding a unit height."""
+    return fn_2d(s.unsqueeze(-2), x.unsqueeze(-2), *args).squeeze(-2)
+
+
+def avg_pool_transpose(
+    s: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> torch.Tensor:
+    """The transpose of ``avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
+    aten = torch.ops.aten
+    args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    spatial = x.dim() - 2
+    if spatial == 3:
+        return aten.avg_pool3d_backward(s, x, *args)
+    if spatial == 2:
+        return aten.avg_pool2d_backward(s, x, *args)
+    k, st, p = ([1, *kernel_size], [1, *stride], [0, *padding])
+    return _as_2d(aten.avg_pool2d_backward, s, x, k, st, p, ceil_mode, count_include_pad, None)
+
+
+def adaptive_avg_pool_transpose(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``adaptive_avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
+    aten = torch.ops.aten
+    spatial = x.dim() - 2
+    if spatial == 3:
+        return aten._adaptive_avg_pool3d_backward(s, x)
+    if spatial == 2:
+        return aten._adaptive_avg_pool2d_backward(s, x)
+    return _as_2d(aten._adaptive_avg_pool2d_backward, s, x)
+
+
+def avg_pool(
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """Average pooling of any dimension 1-3 (max-pool windows treated as averages)."""
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
+    return pool(x, kernel_size, stride, padding, ceil_mode, True)
+
+
+def scatter_to_indices(r: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Winner-takes-all routing of a max-pool: each output's relevance goes to its argmax."""
+    flat = torch.zeros_like(x).flatten(2)
+    return flat.scatter_add(2, indices.flatten(2), r.flatten(2)).view_as(x)
+
+
+def output_relevance(
+    output: torch.Tensor, target: torch.Tensor | None, relevance: torch.Tensor | None
+) -> torch.Tensor:
+    """The relevance at the output: ``relevance`` if given, else ``output * one_hot(target)``.
+
+    ``target`` holds one class index per sample along dimension 1; ``None`` takes the argmax.
+    """
+    if relevance is not None:
+        return relevance
+    if target is None:
+        target = output.argmax(1)
+    index = target.reshape((-1, 1) + (1,) * (output.dim() - 2)).expand(
+        (output.shape[0], 1) + tuple(output.shape[2:])
+    )
+    return torch.zeros_like(output).scatter(1, index, output.gather(1, index))

@@ -1,0 +1,282 @@
+"""The linear family: conv, linear, eval-mode BatchNorm (affine), average pools.
+
+Every member is ``z = f(x; w, b)`` with ``f`` linear in ``x`` and in ``w``. One recipe serves
+them all (see ``lrpfx.rules``): for each group of the rule, ``z`` = sum of modified forwards,
+``s = R / stabilize(z)``, ``c = f_wᵀ(s)`` with an explicit transposed op, ``R_in = in(x) * c``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from lrpfx import meta
+from lrpfx.builder import Builder
+from lrpfx.ops import functional as lf
+from lrpfx.ops.registry import Backward, Contribution, register
+from lrpfx.rules import (
+    IDENTITY,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Group,
+    Norm,
+    Pass,
+    Rule,
+    Term,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
+
+Emit = Callable[[Builder, fx.Node, Any, Any, Any], fx.Node]
+Transpose = Callable[[Builder, fx.Node, fx.Node, Any], fx.Node]
+
+LAYER_RULES = (Epsilon, Norm, ZPlus, AlphaBeta, Gamma, ZBox, Flat, WSquare)
+POOL_RULES = (Epsilon, Norm)
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """How to run ``f(x; w, b)`` and its transpose ``f_wᵀ(s)`` for one op.
+
+    ``weight``/``bias`` are the argument positions of the parameters (None for pools);
+    ``output_is_z`` says the node's own output is ``f(x; w, b)``, so rules that need no
+    modification reuse it instead of running the layer again.
+    """
+
+    forward: Emit
+    transpose: Transpose
+    weight: int | None = None
+    bias: int | None = None
+    output_is_z: bool = True
+
+
+def _rest(b: Builder, node: fx.Node, start: int) -> tuple[Any, ...]:
+    return tuple(b.map(a) for a in node.args[start:])
+
+
+_CONV = LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, w, bias, *_rest(b, n, 3), name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(
+        lf.conv_transpose, s, b[n.args[0]], w, *_rest(b, n, 3), name=f"c_{b.name(n)}"
+    ),
+    weight=1,
+    bias=2,
+)
+_LINEAR = LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(F.linear, x, w, bias, name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(lf.linear_transpose, s, w, name=f"c_{b.name(n)}"),
+    weight=1,
+    bias=2,
+)
+_AFFINE = LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(lf.affine, x, w, bias, name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(lf.affine, s, w, None, name=f"c_{b.name(n)}"),
+    weight=1,
+    bias=2,
+)
+_AVG_POOL = LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(
+        lf.avg_pool_transpose, s, b[n.args[0]], *_rest(b, n, 1), name=f"c_{b.name(n)}"
+    ),
+)
+_ADAPTIVE_POOL = LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(
+        lf.adaptive_avg_pool_transpose, s, b[n.args[0]], name=f"c_{b.name(n)}"
+    ),
+)
+# a max-pool read as an average pool of the same windows (forward stays a max-pool)
+_MAX_AS_AVG = LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(
+        lf.avg_pool, x, *_max_pool_windows(b, n), name=f"z_{b.name(n)}"
+    ),
+    transpose=lambda b, n, s, w: b.call(
+        lf.avg_pool_transpose, s, b[n.args[0]], *_max_pool_windows(b, n), True, None,
+        name=f"c_{b.name(n)}",
+    ),
+    output_is_z=False,
+)
+
+
+def _max_pool_windows(b: Builder, n: fx.Node) -> tuple[Any, ...]:
+    """kernel, stride, padding, ceil_mode of a canonical max-pool (x, k, s, p, dilation, ceil)."""
+    x, kernel, stride, padding, _dilation, ceil_mode = n.args
+    return kernel, stride, padding, ceil_mode
+
+
+def _simplify(term: Term, nonneg: bool) -> Term | None:
+    """Drop the x⁻ part of a term for an input known to be >= 0 (and x⁺ = x there)."""
+    if nonneg and term.input == "x-":
+        return None
+    if nonneg and term.input == "x+":
+        return Term("x", term.weight, term.bias, term.sign)
+    return term
+
+
+class _Inputs:
+    """The modified inputs of one node, each emitted once."""
+
+    def __init__(self, b: Builder, node: fx.Node, rule: Rule) -> None:
+        self.b, self.node, self.rule = b, node, rule
+        self.cache: dict[str, fx.Node] = {}
+
+    def __call__(self, kind: str, for_forward: bool) -> fx.Node | None:
+        """The input variant ``kind``; None stands for ones in a product (nothing to multiply)."""
+        if kind == "x":
+            return self.b[self.node.args[0]]
+        if kind == "ones" and not for_forward:
+            return None
+        key = f"{kind}/{for_forward}"
+        if key not in self.cache:
+            self.cache[key] = self._emit(kind, for_forward)
+        return self.cache[key]
+
+    def _emit(self, kind: str, for_forward: bool) -> fx.Node:
+        b, n, x = self.b, self.node, self.b[self.node.args[0]]
+        if kind == "x+":
+            return b.call(torch.clamp, x, min=0, name=f"xpos_{b.name(n)}")
+        if kind == "x-":
+            return b.call(torch.clamp, x, max=0, name=f"xneg_{b.name(n)}")
+        if kind == "ones":
+            return b.call(torch.ones_like, x, name=f"ones_{b.name(n)}")
+        value = b.constant(torch.as_tensor(getattr(self.rule, kind)), name=f"{b.name(n)}_{kind}")
+        return b.method("expand_as", value, x, name=f"{kind}_{b.name(n)}") if for_forward else value
+
+
+def _param(b: Builder, node: fx.Node, index: int | None, mod: Any) -> fx.Node | None:
+    """The parameter at ``index`` modified by ``mod``; None when absent or dropped."""
+    if index is None or mod is None or node.args[index] is None:
+        return None
+    return b.attr(node.args[index], mod)  # type: ignore[arg-type]
+
+
+def _signed_sum(b: Builder, parts: list[tuple[float, fx.Node]], name: str) -> fx.Node:
+    """``±p0 ± p1 ± ...`` with infix operators, so the generated code reads as the formula."""
+    (first_sign, total), *rest = parts
+    if first_sign < 0:
+        total = b.call(operator.neg, total, name=name)
+    for sign, part in rest:
+        total = b.call(operator.add if sign > 0 else operator.sub, total, part, name=name)
+    return total
+
+
+def _reuses_forward(op: LinearOp, node: fx.Node, terms: list[Term]) -> bool:
+    """True when the group's ``z`` is the node's own forward output."""
+    if not op.output_is_z or len(terms) != 1:
+        return False
+    if terms[0].input != "x" or terms[0].weight != IDENTITY:
+        return False
+    has_bias = op.bias is not None and node.args[op.bias] is not None
+    return terms[0].bias == IDENTITY or not has_bias
+
+
+def _group(
+    b: Builder, op: LinearOp, node: fx.Node, rel: fx.Node, rule: Rule, group: Group,
+    inputs: _Inputs,
+) -> fx.Node | None:
+    """The input relevance of one group of a rule."""
+    nonneg = bool(node.args[0].meta.get(meta.NONNEG))  # type: ignore[union-attr]
+    terms = [t for t in (_simplify(t, nonneg) for t in group.terms) if t is not None]
+    if not terms:
+        return None
+    if _reuses_forward(op, node, terms):
+        z = b[node]
+    else:
+        zs = [
+            (t.sign, op.forward(b, node, inputs(t.input, True), _param(b, node, op.weight,
+             t.weight), _param(b, node, op.bias, t.bias)))
+            for t in terms
+        ]
+        z = _signed_sum(b, zs, f"z_{b.name(node)}")
+    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, rule.stabilizer, name=f"z_{b.name(node)}"),
+               name=f"s_{b.name(node)}")
+    if group.where is not None:
+        compare = operator.gt if group.where == "z>0" else operator.lt
+        s = b.call(operator.mul, s, b.call(compare, b[node], 0, name=f"mask_{b.name(node)}"),
+                   name=f"s_{b.name(node)}")
+    parts = []
+    for t in terms:
+        c = op.transpose(b, node, s, _param(b, node, op.weight, t.weight))
+        x = inputs(t.input, False)
+        parts.append((t.sign, c if x is None else b.call(operator.mul, x, c, name=f"r_{b.name(node)}")))
+    r = _signed_sum(b, parts, f"r_{b.name(node)}")
+    if group.coefficient != 1.0:
+        r = b.call(operator.mul, r, group.coefficient, name=f"r_{b.name(node)}")
+    return r
+
+
+def linear_rule(op: LinearOp) -> Backward:
+    """The backward of a linear-family op: the rule's groups, summed."""
+
+    def backward(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> list[Contribution]:
+        x = node.args[0]
+        assert isinstance(x, fx.Node)
+        if isinstance(rule, Pass):
+            return [(x, rel)]
+        inputs = _Inputs(b, node, rule)
+        parts = [_group(b, op, node, rel, rule, g, inputs) for g in rule.groups()]
+        present = [(1.0, p) for p in parts if p is not None]
+        if not present:
+            return []
+        return [(x, _signed_sum(b, present, f"r_{b.name(node)}"))]
+
+    return backward
+
+
+register(F.conv1d, F.conv2d, F.conv3d, kind="conv", rules=LAYER_RULES)(linear_rule(_CONV))
+register(F.linear, kind="dense", rules=LAYER_RULES)(linear_rule(_LINEAR))
+register(lf.affine, kind="batchnorm", rules=(*LAYER_RULES, Pass))(linear_rule(_AFFINE))
+register(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, kind="avgpool", rules=POOL_RULES)(
+    linear_rule(_AVG_POOL)
+)
+register(
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    kind="avgpool", rules=POOL_RULES,
+)(linear_rule(_ADAPTIVE_POOL))
+
+# -- max-pool: a real max-pool forward; the backward as an average pool or winner-takes-all ----
+_MAX_POOL_WITH_INDICES = {
+    F.max_pool1d: F.max_pool1d_with_indices,
+    F.max_pool2d: F.max_pool2d_with_indices,
+    F.max_pool3d: F.max_pool3d_with_indices,
+}
+
+
+def _max_pool_forward(b: Builder, node: fx.Node) -> fx.Node:
+    """Keep the argmax indices when relevance is routed winner-takes-all."""
+    if node.meta.get(meta.MAXPOOL) != "wta":
+        return b.copy(node)
+    pooled = b.call(_MAX_POOL_WITH_INDICES[node.target], *b.map(node.args),  # type: ignore[index]
+                    name=f"{meta.display_name(node)}_with_indices")
+    b.saved[node] = b.call(
+        operator.getitem, pooled, 1, name=f"indices_{meta.display_name(node)}"
+    )
+    return b.call(operator.getitem, pooled, 0, name=meta.display_name(node))
+
+
+_average = linear_rule(_MAX_AS_AVG)
+
+
+@register(
+    *_MAX_POOL_WITH_INDICES, kind="maxpool", rules=POOL_RULES, forward=_max_pool_forward,
+    needs_rule=lambda n: n.meta.get(meta.MAXPOOL) != "wta",
+)
+def _max_pool(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule | None) -> list[Contribution]:
+    """``"avg"``: the z-rule of the average pool over the same windows; ``"wta"``: the argmax."""
+    x = node.args[0]
+    assert isinstance(x, fx.Node)
+    if node.meta.get(meta.MAXPOOL) == "wta":
+        routed = b.call(lf.scatter_to_indices, rel, b[x], b.saved[node], name=f"r_{b.name(node)}")
+        return [(x, routed)]
+    assert rule is not None
+    return list(_average(b, node, rel, rule))

@@ -1,0 +1,246 @@
+"""LRP rules as data.
+
+A rule says how a linear layer ``z = f(x; w, b)`` redistributes the relevance ``R`` of its output
+onto its input. Every rule here is one or more *groups*; a group is a sum of *terms*, each term a
+forward of the layer with a modified input, weight and bias::
+
+    z_g   = sum_t  sign_t * f(in_t(x); w_t, b_t)
+    s_g   = R / stabilize(z_g)                     (masked to where the plain z has a sign, if asked)
+    R_in  = sum_g coefficient_g * sum_t sign_t * in_t(x) * f_w_t^T(s_g)
+
+with ``stabilize(z, eps) = z + eps * sign0(z)`` and ``sign0(0) = +1`` (Zennit's convention).
+The code generator turns these descriptions into explicit tensor code; weight modifications are
+evaluated once, at compile time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Input = Literal["x", "x+", "x-", "ones", "low", "high"]
+
+
+@dataclass(frozen=True)
+class Mod:
+    """A named parameter modification, evaluated once at compile time."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor] = field(compare=False, repr=False)
+
+    def __call__(self, param: torch.Tensor) -> torch.Tensor:
+        return self.fn(param)
+
+
+IDENTITY = Mod("", lambda p: p)
+POSITIVE = Mod("pos", lambda p: p.clamp(min=0))
+NEGATIVE = Mod("neg", lambda p: p.clamp(max=0))
+SQUARE = Mod("sq", lambda p: p * p)
+ONES = Mod("ones", torch.ones_like)
+
+
+def gamma_mod(gamma: float, positive: bool) -> Mod:
+    """``w + gamma * w+`` (``positive``) or ``w + gamma * w-``."""
+    if positive:
+        return Mod(f"gamma{gamma:g}pos", lambda p: p + gamma * p.clamp(min=0))
+    return Mod(f"gamma{gamma:g}neg", lambda p: p + gamma * p.clamp(max=0))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified forward ``sign * f(input; weight(w), bias(b))``; ``bias=None`` drops the bias."""
+
+    input: Input
+    weight: Mod
+    bias: Mod | None
+    sign: float = 1.0
+
+
+@dataclass(frozen=True)
+class Group:
+    """Terms sharing one denominator; ``where`` keeps only outputs whose plain ``z`` has that sign."""
+
+    terms: tuple[Term, ...]
+    coefficient: float = 1.0
+    where: Literal["z>0", "z<0"] | None = None
+
+
+class Rule:
+    """Base class of the rules. Subclasses are frozen dataclasses."""
+
+    #: the denominator's stabilizer
+    stabilizer: float = 1e-6
+
+    def groups(self) -> tuple[Group, ...]:
+        """The rule as groups of terms (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a rule for linear layers")
+
+
+def _bias(mod: Mod, ignore_bias: bool) -> Mod | None:
+    return None if ignore_bias else mod
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-ε (Bach et al. 2015): ``R_i = x_i sum_j w_ji R_j / (z_j + ε sign0(z_j))``, ``z = xw + b``.
+
+    ``epsilon=0`` is LRP-0. ``ignore_bias=True`` drops the bias from ``z``, which makes the rule
+    conservative (sum of R_in equals sum of R_out) up to the stabilizer.
+    """
+
+    epsilon: float = 1e-6
+    ignore_bias: bool = False
+
+    @property
+    def stabilizer(self) -> float:  # type: ignore[override]
+        return self.epsilon
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term("x", IDENTITY, _bias(IDENTITY, self.ignore_bias)),)),)
+
+
+@dataclass(frozen=True)
+class Norm(Rule):
+    """Normalize by the contributions: LRP-ε with ε only as a stabilizer, parameters unmodified.
+
+    Used for sums and average pooling (Zennit's ``Norm``).
+    """
+
+    stabilizer: float = 1e-6
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term("x", IDENTITY, IDENTITY),)),)
+
+
+@dataclass(frozen=True)
+class ZPlus(Rule):
+    """LRP-z⁺ (Montavon et al. 2017), i.e. αβ with α=1, β=0, negative inputs allowed.
+
+    ``z = x⁺w⁺ + x⁻w⁻ + b⁺``;  ``R_i = x⁺_i sum_j w⁺_ji s_j + x⁻_i sum_j w⁻_ji s_j``, ``s = R / z``.
+    """
+
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+
+    def groups(self) -> tuple[Group, ...]:
+        return (_positive_part(self.ignore_bias),)
+
+
+def _positive_part(ignore_bias: bool) -> Group:
+    return Group(
+        (Term("x+", POSITIVE, _bias(POSITIVE, ignore_bias)), Term("x-", NEGATIVE, None))
+    )
+
+
+@dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """LRP-αβ (Bach et al. 2015): ``R = α R⁺ − β R⁻`` with α − β = 1, α, β ≥ 0.
+
+    ``R⁺`` distributes over the positive contributions ``x⁺w⁺ + x⁻w⁻ (+ b⁺)``, ``R⁻`` over the
+    negative ones ``x⁺w⁻ + x⁻w⁺ (+ b⁻)``, each with its own denominator.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0 or self.alpha - self.beta != 1:
+            raise ValueError(
+                f"AlphaBeta needs alpha, beta >= 0 and alpha - beta == 1, "
+                f"got alpha={self.alpha}, beta={self.beta}"
+            )
+
+    def groups(self) -> tuple[Group, ...]:
+        negative = Group(
+            (Term("x+", NEGATIVE, _bias(NEGATIVE, self.ignore_bias)), Term("x-", POSITIVE, None)),
+            coefficient=-self.beta,
+        )
+        positive = _positive_part(self.ignore_bias)
+        return (Group(positive.terms, coefficient=self.alpha), negative)
+
+
+@dataclass(frozen=True)
+class Gamma(Rule):
+    """Generalized LRP-γ (Montavon et al. 2019; Andéol et al. 2021), as in Zennit.
+
+    Where the plain ``z = xw + b`` is positive, relevance goes along ``x⁺(w + γw⁺) + x⁻(w + γw⁻)
+    + (b + γb⁺)``; where it is negative, along ``x⁺(w + γw⁻) + x⁻(w + γw⁺) + (b + γb⁻)``.
+    For non-negative inputs this is the original γ-rule.
+    """
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+
+    def groups(self) -> tuple[Group, ...]:
+        up, down = gamma_mod(self.gamma, True), gamma_mod(self.gamma, False)
+        return (
+            Group(
+                (Term("x+", up, _bias(up, self.ignore_bias)), Term("x-", down, None)),
+                where="z>0",
+            ),
+            Group(
+                (Term("x+", down, _bias(down, self.ignore_bias)), Term("x-", up, None)),
+                where="z<0",
+            ),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ZBox(Rule):
+    """LRP-zᴮ (Montavon et al. 2017) for inputs bounded by ``low <= x <= high``.
+
+    ``z = xw − l w⁺ − h w⁻`` (biases cancel); ``R = x (wᵀs) − l (w⁺ᵀs) − h (w⁻ᵀs)``, ``s = R / z``.
+    ``low`` and ``high`` are floats or tensors broadcastable to the input (e.g. ``(1, 3, 1, 1)``).
+    """
+
+    low: float | torch.Tensor
+    high: float | torch.Tensor
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+
+    def groups(self) -> tuple[Group, ...]:
+        b = self.ignore_bias
+        return (
+            Group(
+                (
+                    Term("x", IDENTITY, _bias(IDENTITY, b)),
+                    Term("low", POSITIVE, _bias(POSITIVE, b), sign=-1.0),
+                    Term("high", NEGATIVE, _bias(NEGATIVE, b), sign=-1.0),
+                )
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Flat(Rule):
+    """Flat rule (Lapuschkin et al. 2019): relevance spread uniformly over the receptive field.
+
+    Input and weights are replaced by ones, the bias dropped: ``R_i = sum_j R_j / n_j``.
+    """
+
+    stabilizer: float = 1e-6
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term("ones", ONES, None),)),)
+
+
+@dataclass(frozen=True)
+class WSquare(Rule):
+    """LRP-w² (Montavon et al. 2017): ``R_i = sum_j w²_ji R_j / sum_i' w²_ji'`` (bias squared too)."""
+
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term("ones", SQUARE, _bias(SQUARE, self.ignore_bias)),)),)
+
+
+@dataclass(frozen=True)
+class Pass(Rule):
+    """Relevance passes unchanged (elementwise activations, unfolded BatchNorm)."""

@@ -1,0 +1,10 @@
+"""Graph passes of lrpfx, each a function ``GraphModule -> GraphModule`` in its own file."""
+
+from lrpfx.passes.annotate import annotate
+from lrpfx.passes.check import check
+from lrpfx.passes.fold_batchnorm import fold_batchnorm
+from lrpfx.passes.linearize import linearize
+from lrpfx.passes.maxpool import maxpool
+from lrpfx.passes.normalize import normalize
+
+__all__ = ["annotate", "check", "fold_batchnorm", "linearize", "maxpool", "normalize"]

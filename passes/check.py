@@ -1,0 +1,65 @@
+"""check: every node on the relevance path can be explained, or one error lists them all.
+
+Before: an annotated graph.
+After:  the same graph, unchanged; or ``UnsupportedOperationError`` naming, for every
+offending node, its module path, op, source line and what to do.
+"""
+
+from __future__ import annotations
+
+from torch import fx
+
+from lrpfx import meta
+from lrpfx.errors import UnsupportedOperationError
+from lrpfx.ops.registry import lookup
+
+HINT = (
+    "Fix: register a relevance implementation with @lrpfx.ops.register(<op>, kind=..., "
+    "rules=...), give the node a supported rule in the composite, or mark a submodule that "
+    "contains the op as a leaf (leaf_modules=[...]) and register that module."
+)
+
+
+def _where(node: fx.Node) -> str:
+    path = node.meta.get(meta.PATH)
+    origin = node.meta.get(meta.ORIGIN) or str(node.target)
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    line = next((t.strip() for t in reversed(trace) if t.strip().startswith("File")), "")
+    source = f" at {line}" if line else ""
+    return f"{node.name} ({origin}{f', module {path!r}' if path else ''}){source}"
+
+
+def _problem(node: fx.Node, modules: dict) -> str | None:
+    reason = node.meta.get("lrpfx.unsupported")
+    if reason:
+        return reason
+    impl = lookup(node, modules)
+    if impl is None:
+        return "no relevance implementation for this op"
+    if not impl.takes_rule(node):
+        return None
+    rule = node.meta.get(meta.RULE)
+    if rule is None:
+        return "no composite entry matches it; add one for its class, name or kind"
+    if not isinstance(rule, impl.rules):
+        accepted = ", ".join(r.__name__ for r in impl.rules)
+        return f"rule {rule!r} is not supported by {impl.kind!r} ops (accepted: {accepted})"
+    return None
+
+
+def check(gm: fx.GraphModule) -> fx.GraphModule:
+    """Raise one error listing every node that cannot be explained (see the module docstring)."""
+    modules = dict(gm.named_modules())
+    cone = meta.relevance_cone(gm.graph)
+    problems = [
+        f"{_where(n)}: {p}"
+        for n in gm.graph.nodes
+        if n in cone and n.op not in ("placeholder", "output", "get_attr")
+        and (p := _problem(n, modules)) is not None
+    ]
+    outputs = [n for n in gm.graph.nodes if n.op == "output"]
+    if outputs and not isinstance(outputs[0].args[0], fx.Node):
+        problems.append("output: the model must return one tensor")
+    if problems:
+        raise UnsupportedOperationError(problems, HINT)
+    return gm

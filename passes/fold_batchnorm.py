@@ -1,0 +1,75 @@
+"""fold_batchnorm: an eval-mode BatchNorm right after a conv or linear becomes part of it.
+
+Before: ``affine(conv(x, w, b), scale, shift)`` (normalize's form of a BatchNorm), the conv
+output used by the affine only.
+After:  ``conv(x, w', b')`` with ``w' = w * scale`` (per output channel) and
+``b' = b * scale + shift`` as new buffers; the conv's ``meta["lrpfx.folded"]`` names the
+BatchNorm. The outputs are unchanged; the user's tensors are not touched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from lrpfx import meta
+from lrpfx.ops import functional as lf
+
+FOLDABLE = {F.conv1d, F.conv2d, F.conv3d, F.linear}
+
+
+def fold_affine(
+    weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``affine(layer(x))`` as one layer: the pure tensor math."""
+    folded_weight = weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+    folded_bias = shift if bias is None else bias * scale + shift
+    return folded_weight, folded_bias
+
+
+def _value(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
+    if not isinstance(node, fx.Node):
+        return None
+    assert node.op == "get_attr"
+    return getattr(gm, str(node.target))
+
+
+def _foldable(node: fx.Node) -> bool:
+    if node.op != "call_function" or node.target is not lf.affine:
+        return False
+    layer = node.args[0]
+    return (
+        isinstance(layer, fx.Node) and layer.op == "call_function"
+        and layer.target in FOLDABLE and len(layer.users) == 1
+        and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in node.args[1:3])
+        and isinstance(layer.args[1], fx.Node) and layer.args[1].op == "get_attr"
+    )
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fold every foldable BatchNorm (see the module docstring)."""
+    for node in list(gm.graph.nodes):
+        if not _foldable(node):
+            continue
+        layer: fx.Node = node.args[0]  # type: ignore[assignment]
+        weight, bias = _value(gm, layer.args[1]), _value(gm, layer.args[2])
+        scale, shift = _value(gm, node.args[1]), _value(gm, node.args[2])
+        assert weight is not None and scale is not None and shift is not None
+        new_weight, new_bias = fold_affine(weight, bias, scale, shift)
+        base = meta.display_name(layer)
+        args = list(layer.args)
+        with gm.graph.inserting_before(layer):
+            for index, value, suffix in ((1, new_weight, "weight"), (2, new_bias, "bias")):
+                name = f"{base}_{suffix}_folded"
+                gm.register_buffer(name, value)
+                args[index] = gm.graph.get_attr(name)
+        layer.args = tuple(args)
+        layer.meta[meta.FOLDED] = [*layer.meta.get(meta.FOLDED, []), node.meta.get(meta.PATH, node.name)]
+        node.replace_all_uses_with(layer)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
