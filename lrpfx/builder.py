@@ -83,7 +83,7 @@ class Builder:
             value = self.tensor(node)
             value = mod(value) if mod else value
             base = meta.identifier(str(node.target))
-            name = self.fresh(f"{base}_{suffix}" if suffix else base)
+            name = self.fresh(meta.identifier(f"{base}_{suffix}") if suffix else base)
             self.constants[name] = value
             self._attrs[key] = self.graph.create_node("get_attr", name, name=name)
         return self._attrs[key]

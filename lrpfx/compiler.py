@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -46,10 +47,12 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     composite = composites.resolve(rules)
     if model.training:
         warnings.warn(
-            f"{type(model).__name__} is in training mode; lrpfx explains it with eval semantics "
-            "(BatchNorm running statistics, no dropout). Call model.eval() to silence this.",
+            f"{type(model).__name__} is in training mode; lrpfx explains a copy of it in eval "
+            "mode (BatchNorm running statistics, no dropout). Call model.eval() first to "
+            "silence this.",
             stacklevel=2,
         )
+        model = copy.deepcopy(model).eval()  # the user's model keeps its flag
     gm = trace(model, concrete_args, leaf_modules)
     for canonize in CANONIZE:
         gm = canonize(gm)

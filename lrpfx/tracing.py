@@ -39,6 +39,8 @@ def trace(
         TraceError: the model cannot be traced; the message carries the fx error and the fixes.
     """
     tracer = Tracer(leaf_modules)
+    if tracer.is_leaf_module(model, ""):  # a bare nn layer: trace it as a one-layer network
+        model = nn.Sequential(model)
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as error:  # fx raises many types: TraceError, TypeError, RuntimeError...

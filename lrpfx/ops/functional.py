@@ -56,8 +56,8 @@ def avg_pool_transpose(
     stride: Sequence[int],
     padding: Sequence[int],
     ceil_mode: bool,
-    count_include_pad: bool,
-    divisor_override: int | None,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
 ) -> torch.Tensor:
     """The transpose of ``avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
     aten = torch.ops.aten
