@@ -18,7 +18,7 @@ def stab(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 def as_matrix(layer: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, b)`` with ``layer(x).flatten() == W @ x.flatten() + b`` for inputs of ``shape``."""
-    zero = torch.zeros(shape, dtype=torch.float64)
+    zero = torch.zeros((1, *shape), dtype=torch.float64)
     with torch.no_grad():
         b = layer(zero).flatten()
     jac = torch.autograd.functional.jacobian(lambda x: layer(x).flatten(), zero)
