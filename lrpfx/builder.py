@@ -50,8 +50,9 @@ class Builder:
         return self.env[node]
 
     def name(self, node: fx.Node) -> str:
-        """The name of a forward node's value in the new graph (used to name derived nodes)."""
-        return self.env[node].name
+        """The name of a forward node's value in the new graph, for naming derived nodes
+        (``z_features_0``; a Sequential's ``_0`` gives ``z_0``)."""
+        return self.env[node].name.lstrip("_")
 
     def map(self, arg: Any) -> Any:
         """Map a (nested) argument of a forward node to the new graph."""

@@ -149,7 +149,11 @@ class _Inputs:
             return b.call(torch.clamp, x, max=0, name=f"xneg_{b.name(n)}")
         if kind == "ones":
             return b.call(torch.ones_like, x, name=f"ones_{b.name(n)}")
-        value = b.constant(torch.as_tensor(getattr(self.rule, kind)), name=f"{b.name(n)}_{kind}")
+        if kind not in self.cache:  # the bound itself, shared by the forward and the product
+            weight = b.tensor(n.args[1])  # type: ignore[arg-type]  # zB is for conv/dense
+            bound = torch.as_tensor(getattr(self.rule, kind)).to(weight)
+            self.cache[kind] = b.constant(bound, name=f"{b.name(n)}_{kind}")
+        value = self.cache[kind]
         return b.method("expand_as", value, x, name=f"{kind}_{b.name(n)}") if for_forward else value
 
 
