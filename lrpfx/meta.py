@@ -36,7 +36,8 @@ def relevance_cone(graph: fx.Graph) -> set[fx.Node]:
 
 
 def identifier(path: str) -> str:
-    """A Python identifier for a qualified name: ``features.0`` -> ``features_0``, ``0`` -> ``_0``."""
+    """A Python identifier for a qualified name: ``features.0`` -> ``features_0``, ``0`` ->
+    ``_0``."""
     name = re.sub(r"\W", "_", path)
     return f"_{name}" if name[:1].isdigit() else name
 

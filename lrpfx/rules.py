@@ -5,7 +5,7 @@ onto its input. Every rule here is one or more *groups*; a group is a sum of *te
 forward of the layer with a modified input, weight and bias::
 
     z_g   = sum_t  sign_t * f(in_t(x); w_t, b_t)
-    s_g   = R / stabilize(z_g)                     (masked to where the plain z has a sign, if asked)
+    s_g   = R / stabilize(z_g)               (masked to where the plain z has a sign, if asked)
     R_in  = sum_g coefficient_g * sum_t sign_t * in_t(x) * f_w_t^T(s_g)
 
 with ``stabilize(z, eps) = z + eps * sign0(z)`` and ``sign0(0) = +1`` (Zennit's convention).
@@ -51,7 +51,7 @@ def gamma_mod(gamma: float, positive: bool) -> Mod:
 
 @dataclass(frozen=True)
 class Term:
-    """One modified forward ``sign * f(input; weight(w), bias(b))``; ``bias=None`` drops the bias."""
+    """One modified forward ``sign * f(input; weight(w), bias(b))``; ``bias=None`` drops it."""
 
     input: Input
     weight: Mod
@@ -61,7 +61,7 @@ class Term:
 
 @dataclass(frozen=True)
 class Group:
-    """Terms sharing one denominator; ``where`` keeps only outputs whose plain ``z`` has that sign."""
+    """Terms sharing one denominator; ``where`` keeps the outputs whose plain ``z`` has a sign."""
 
     terms: tuple[Term, ...]
     coefficient: float = 1.0
@@ -85,7 +85,7 @@ def _bias(mod: Mod, ignore_bias: bool) -> Mod | None:
 
 @dataclass(frozen=True)
 class Epsilon(Rule):
-    """LRP-ε (Bach et al. 2015): ``R_i = x_i sum_j w_ji R_j / (z_j + ε sign0(z_j))``, ``z = xw + b``.
+    """LRP-ε (Bach et al. 2015): ``R_i = x_i sum_j w_ji R_j / (z_j + ε sign0(z_j))``, z = xw + b.
 
     ``epsilon=0`` is LRP-0. ``ignore_bias=True`` drops the bias from ``z``, which makes the rule
     conservative (sum of R_in equals sum of R_out) up to the stabilizer.
@@ -232,7 +232,7 @@ class Flat(Rule):
 
 @dataclass(frozen=True)
 class WSquare(Rule):
-    """LRP-w² (Montavon et al. 2017): ``R_i = sum_j w²_ji R_j / sum_i' w²_ji'`` (bias squared too)."""
+    """LRP-w² (Montavon et al. 2017): ``R_i = sum_j w²_ji R_j / sum_i' w²_ji'`` (bias squared)."""
 
     stabilizer: float = 1e-6
     ignore_bias: bool = False

@@ -99,7 +99,7 @@ def _conv(m: nn.modules.conv._ConvNd) -> Converted:
     if padding == "valid":
         padding = (0,) * n
     elif padding == "same":
-        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
         if any(t % 2 for t in total):
             return Unsupported("padding='same' with an even receptive field (asymmetric padding)")
         padding = tuple(t // 2 for t in total)

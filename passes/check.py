@@ -7,6 +7,8 @@ offending node, its module path, op, source line and what to do.
 
 from __future__ import annotations
 
+import os
+
 from torch import fx
 
 from lrpfx import meta
@@ -23,10 +25,16 @@ HINT = (
 def _where(node: fx.Node) -> str:
     path = node.meta.get(meta.PATH)
     origin = node.meta.get(meta.ORIGIN) or str(node.target)
-    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
-    line = next((t.strip() for t in reversed(trace) if t.strip().startswith("File")), "")
-    source = f" at {line}" if line else ""
+    source = f" at {line}" if (line := source_line(node)) else ""
     return f"{node.name} ({origin}{f', module {path!r}' if path else ''}){source}"
+
+
+def source_line(node: fx.Node) -> str:
+    """The innermost frame of the node's stack trace outside torch: where the user wrote it."""
+    frames = [t.strip() for t in (node.meta.get("stack_trace") or "").splitlines()
+              if t.strip().startswith("File")]
+    mine = [f for f in frames if f"{os.sep}torch{os.sep}" not in f]
+    return (mine or [""])[-1]
 
 
 def _problem(node: fx.Node, modules: dict) -> str | None:

@@ -65,7 +65,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
                 gm.register_buffer(name, value)
                 args[index] = gm.graph.get_attr(name)
         layer.args = tuple(args)
-        layer.meta[meta.FOLDED] = [*layer.meta.get(meta.FOLDED, []), node.meta.get(meta.PATH, node.name)]
+        bn_path = node.meta.get(meta.PATH, node.name)
+        layer.meta[meta.FOLDED] = [*layer.meta.get(meta.FOLDED, []), bn_path]
         node.replace_all_uses_with(layer)
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()

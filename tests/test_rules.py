@@ -32,24 +32,24 @@ def _low_high(shape):
 
 
 RULES = {
-    "epsilon": (rules.Epsilon(1e-6), lambda W, b, x, R, l, h: dense.epsilon(W, b, x, R)),
-    "epsilon-0.5": (rules.Epsilon(0.5), lambda W, b, x, R, l, h: dense.epsilon(W, b, x, R, 0.5)),
+    "epsilon": (rules.Epsilon(1e-6), lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R)),
+    "epsilon-0.5": (rules.Epsilon(0.5), lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R, 0.5)),
     "epsilon-nobias": (rules.Epsilon(1e-6, ignore_bias=True),
-                       lambda W, b, x, R, l, h: dense.epsilon(W, b, x, R, ignore_bias=True)),
-    "norm": (rules.Norm(), lambda W, b, x, R, l, h: dense.epsilon(W, b, x, R)),
-    "zplus": (rules.ZPlus(), lambda W, b, x, R, l, h: dense.zplus(W, b, x, R)),
+                       lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R, ignore_bias=True)),
+    "norm": (rules.Norm(), lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R)),
+    "zplus": (rules.ZPlus(), lambda W, b, x, R, lo, hi: dense.zplus(W, b, x, R)),
     "zplus-nobias": (rules.ZPlus(ignore_bias=True),
-                     lambda W, b, x, R, l, h: dense.zplus(W, b, x, R, ignore_bias=True)),
-    "alpha2beta1": (rules.AlphaBeta(2, 1), lambda W, b, x, R, l, h: dense.alpha_beta(W, b, x, R)),
+                     lambda W, b, x, R, lo, hi: dense.zplus(W, b, x, R, ignore_bias=True)),
+    "alpha2beta1": (rules.AlphaBeta(2, 1), lambda W, b, x, R, lo, hi: dense.alpha_beta(W, b, x, R)),
     "alpha1beta0": (rules.AlphaBeta(1, 0),
-                    lambda W, b, x, R, l, h: dense.alpha_beta(W, b, x, R, 1.0, 0.0)),
-    "gamma": (rules.Gamma(0.25), lambda W, b, x, R, l, h: dense.gamma(W, b, x, R)),
+                    lambda W, b, x, R, lo, hi: dense.alpha_beta(W, b, x, R, 1.0, 0.0)),
+    "gamma": (rules.Gamma(0.25), lambda W, b, x, R, lo, hi: dense.gamma(W, b, x, R)),
     "gamma-0.5-nobias": (rules.Gamma(0.5, ignore_bias=True),
-                         lambda W, b, x, R, l, h: dense.gamma(W, b, x, R, 0.5, ignore_bias=True)),
-    "zbox": (None, lambda W, b, x, R, l, h: dense.zbox(W, b, x, R, l, h)),
-    "wsquare": (rules.WSquare(), lambda W, b, x, R, l, h: dense.wsquare(W, b, R)),
+                         lambda W, b, x, R, lo, hi: dense.gamma(W, b, x, R, 0.5, ignore_bias=True)),
+    "zbox": (None, lambda W, b, x, R, lo, hi: dense.zbox(W, b, x, R, lo, hi)),
+    "wsquare": (rules.WSquare(), lambda W, b, x, R, lo, hi: dense.wsquare(W, b, R)),
     "wsquare-nobias": (rules.WSquare(ignore_bias=True),
-                       lambda W, b, x, R, l, h: dense.wsquare(W, b, R, ignore_bias=True)),
+                       lambda W, b, x, R, lo, hi: dense.wsquare(W, b, R, ignore_bias=True)),
 }
 
 

@@ -64,7 +64,9 @@ def _rest(b: Builder, node: fx.Node, start: int) -> tuple[Any, ...]:
 
 
 _CONV = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(n.target, x, w, bias, *_rest(b, n, 3), name=f"z_{b.name(n)}"),
+    forward=lambda b, n, x, w, bias: b.call(
+        n.target, x, w, bias, *_rest(b, n, 3), name=f"z_{b.name(n)}"
+    ),
     transpose=lambda b, n, s, w: b.call(
         lf.conv_transpose, s, b[n.args[0]], w, *_rest(b, n, 3), name=f"c_{b.name(n)}"
     ),
@@ -202,7 +204,8 @@ def _group(
             for t in terms
         ]
         z = _signed_sum(b, zs, f"z_{b.name(node)}")
-    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, rule.stabilizer, name=f"z_{b.name(node)}"),
+    tag = b.name(node)
+    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, rule.stabilizer, name=f"z_{tag}"),
                name=f"s_{b.name(node)}")
     if group.where is not None:
         compare = operator.gt if group.where == "z>0" else operator.lt
@@ -212,7 +215,7 @@ def _group(
     for t in terms:
         c = op.transpose(b, node, s, _param(b, node, op.weight, t.weight))
         x = inputs(t.input, False)
-        parts.append((t.sign, c if x is None else b.call(operator.mul, x, c, name=f"r_{b.name(node)}")))
+        parts.append((t.sign, c if x is None else b.call(operator.mul, x, c, name=f"r_{tag}")))
     r = _signed_sum(b, parts, f"r_{b.name(node)}")
     if group.coefficient != 1.0:
         r = b.call(operator.mul, r, group.coefficient, name=f"r_{b.name(node)}")
