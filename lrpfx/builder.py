@@ -46,7 +46,9 @@ class Builder:
         return name
 
     # -- forward values ------------------------------------------------------------------------
-    def __getitem__(self, node: fx.Node) -> fx.Node:
+    def __getitem__(self, node: Any) -> fx.Node:
+        """The new-graph value of a forward node (an fx argument that is a node)."""
+        assert isinstance(node, fx.Node), f"expected a node, got {node!r}"
         return self.env[node]
 
     def name(self, node: fx.Node) -> str:
@@ -96,7 +98,7 @@ class Builder:
         return self.graph.create_node("get_attr", name, name=name)
 
     # -- emission ------------------------------------------------------------------------------
-    def call(self, fn: Callable[..., Any], *args: Any, name: str, **kwargs: Any) -> fx.Node:
+    def call(self, fn: Callable[..., Any] | str, *args: Any, name: str, **kwargs: Any) -> fx.Node:
         """Emit ``fn(*args, **kwargs)`` as a node called ``name``."""
         return self.graph.create_node("call_function", fn, args, kwargs, name=self.fresh(name))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, passes
+from lrpfx import codegen, composites, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.tracing import LeafSpec, trace

@@ -131,7 +131,10 @@ def as_matcher(key: Key) -> Matcher:
     raise TypeError(f"composite keys are nn.Module classes, name globs or matchers; got {key!r}")
 
 
-def _user_entries(rules: Mapping[Key, Rule] | Sequence[Entry] | None) -> list[Entry]:
+UserRules = Mapping[Key, Rule] | Sequence[Entry] | None
+
+
+def _user_entries(rules: UserRules) -> list[Entry]:
     if rules is None:
         return []
     if isinstance(rules, Mapping):
@@ -152,7 +155,7 @@ class Composite:
     name = "custom"
 
     def __init__(
-        self, entries: Mapping[Key, Rule] | Sequence[Entry] | None = None,
+        self, entries: UserRules = None,
         defaults: Sequence[Entry] = (),
     ) -> None:
         self.entries: list[Entry] = [*_user_entries(entries), *defaults]
@@ -180,7 +183,7 @@ class EpsilonPlus(Composite):
     name = "epsilon-plus"
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6,
-                 rules: Mapping[Key, Rule] | None = None, ignore_bias: bool = False) -> None:
+                 rules: UserRules = None, ignore_bias: bool = False) -> None:
         super().__init__(rules, [
             *self.first(stabilizer, ignore_bias), *base_entries(stabilizer),
             (Kind("conv"), self.conv_rule(stabilizer, ignore_bias)),
@@ -229,7 +232,7 @@ class EpsilonGammaBox(Composite):
 
     def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor,
                  epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
-                 rules: Mapping[Key, Rule] | None = None, ignore_bias: bool = False) -> None:
+                 rules: UserRules = None, ignore_bias: bool = False) -> None:
         super().__init__(rules, [
             (First("conv"), ZBox(low, high, stabilizer, ignore_bias)),
             *base_entries(stabilizer),
@@ -244,7 +247,7 @@ class EpsilonOnly(Composite):
     name = "epsilon"
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6,
-                 rules: Mapping[Key, Rule] | None = None, ignore_bias: bool = False) -> None:
+                 rules: UserRules = None, ignore_bias: bool = False) -> None:
         super().__init__(rules, [
             *base_entries(stabilizer), (Kind(*LAYER_KINDS), Epsilon(epsilon, ignore_bias)),
         ])

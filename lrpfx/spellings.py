@@ -159,7 +159,7 @@ def avg_pool_call(n: int, kernel: Any, stride: Any = None, padding: Any = 0,
 
 
 MODULES: dict[type[nn.Module], Callable[[Any], Converted]] = {
-    **{cls: (lambda m, c=c: c(m)) for cls, c in _ACTIVATION_MODULES.items()},
+    **_ACTIVATION_MODULES,
     nn.Linear: lambda m: Call(F.linear, (Param("weight", m.weight), Param("bias", m.bias))),
     nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
     nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm, nn.BatchNorm3d: _batchnorm,

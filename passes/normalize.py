@@ -23,6 +23,13 @@ from lrpfx.spellings import Call, Param, Unsupported
 UNSUPPORTED = "lrpfx.unsupported"  # why a node was left as it was
 
 
+class _Keep:
+    """The node is already canonical, or unknown: leave it as it is."""
+
+
+KEEP = _Keep()
+
+
 class _Owner:
     """The fresh root module of the canonical graph and its constants."""
 
@@ -75,8 +82,8 @@ def _out_of_place(graph: fx.Graph, node: fx.Node, new: fx.Node) -> None:
             user.replace_input_with(x, new)
 
 
-def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | None | bool:
-    """The canonical call for ``node``; None = identity; False = leave the node as it is."""
+def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | _Keep | None:
+    """The canonical call for ``node``; None = an identity to remove; KEEP = leave it."""
     if node.op == "call_module":
         module = owner.modules[str(node.target)]
         return spellings.convert_module(module)
@@ -85,9 +92,9 @@ def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | None | bool
         if name in spellings.IDENTITY_METHODS:
             return None
         fn = spellings.METHOD_ALIASES.get(name)
-        return Call(fn, tuple(node.args[1:])) if fn else False
+        return Call(fn, tuple(node.args[1:])) if fn else KEEP
     if node.op != "call_function":
-        return False
+        return KEEP
     if node.target in spellings.DROPOUT_FUNCTIONS or node.target in spellings.IDENTITY_FUNCTIONS:
         return None
     kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
@@ -95,7 +102,7 @@ def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | None | bool
         return spellings.POOL_FUNCTIONS[node.target](*node.args[1:], **kwargs)
     fn = spellings.FUNCTION_ALIASES.get(node.target, node.target)  # type: ignore[arg-type]
     if fn is node.target and not node.kwargs.get("inplace"):
-        return False
+        return KEEP
     return Call(fn, tuple(node.args[1:]), kwargs)
 
 
@@ -120,12 +127,9 @@ def _lift(graph: fx.Graph, node: fx.Node, owner: _Owner, args: tuple[Any, ...]) 
 def _rewrite(graph: fx.Graph, node: fx.Node, owner: _Owner) -> None:
     _record(node, owner)
     canonical = _canonical(node, owner)
-    if canonical is False:
-        if node.op == "call_module":
-            node.target = owner.keep_module(str(node.target))
-        return
-    if isinstance(canonical, Unsupported):
-        node.meta[UNSUPPORTED] = canonical.reason
+    if isinstance(canonical, _Keep | Unsupported):
+        if isinstance(canonical, Unsupported):
+            node.meta[UNSUPPORTED] = canonical.reason
         if node.op == "call_module":
             node.target = owner.keep_module(str(node.target))
         return

@@ -5,7 +5,7 @@ They are plain tensor functions; the generated code names them, so they read as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,9 @@ def linear_transpose(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.matmul(s, weight)
 
 
-def _as_2d(fn_2d, s: torch.Tensor, x: torch.Tensor, *args: object) -> torch.Tensor:  # noqa: ANN001
+def _as_2d(
+    fn_2d: Callable[..., torch.Tensor], s: torch.Tensor, x: torch.Tensor, *args: object
+) -> torch.Tensor:
     """Run a 2-d pooling backward on 1-d data by adding a unit height."""
     return fn_2d(s.unsqueeze(-2), x.unsqueeze(-2), *args).squeeze(-2)
 
@@ -91,7 +93,7 @@ def avg_pool(
 ) -> torch.Tensor:
     """Average pooling of any dimension 1-3 (max-pool windows treated as averages)."""
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
-    return pool(x, kernel_size, stride, padding, ceil_mode, True)
+    return pool(x, list(kernel_size), list(stride), list(padding), ceil_mode, True)
 
 
 def scatter_to_indices(r: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
