@@ -106,13 +106,14 @@ class Epsilon(Rule):
 class Norm(Rule):
     """Normalize by the contributions: LRP-ε with ε only as a stabilizer, parameters unmodified.
 
-    Used for sums and average pooling (Zennit's ``Norm``).
+    Used for sums and average pooling (Zennit's ``Norm``); ``ignore_bias`` drops a bias.
     """
 
     stabilizer: float = 1e-6
+    ignore_bias: bool = False
 
     def groups(self) -> tuple[Group, ...]:
-        return (Group((Term("x", IDENTITY, IDENTITY),)),)
+        return (Group((Term("x", IDENTITY, _bias(IDENTITY, self.ignore_bias)),)),)
 
 
 @dataclass(frozen=True)

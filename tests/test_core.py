@@ -269,3 +269,16 @@ def test_unsupported_nodes_are_all_listed_at_compile_time():
     assert "padding_mode='reflect'" in message and "Upsample" in message
     assert "torch.cumsum" in message and "test_core.py" in message
     assert "Fix:" in message
+
+
+def test_first_layer_key_in_a_custom_map():
+    model = relu_net()
+    explainer = lrpfx.compile(model, {composites.First(): rules.WSquare(),
+                                      composites.Position(-1): rules.Epsilon(0.0),
+                                      nn.Conv2d: rules.Gamma(0.5)})
+    assigned = {n.meta.get("lrpfx.path"): n.meta.get("lrpfx.rule")
+                for n in explainer.graph_module.graph.nodes}
+    assert assigned["0"] == rules.WSquare()
+    assert assigned["3"] == rules.Gamma(0.5)
+    assert assigned["7"] == rules.Epsilon()  # the default for dense layers
+    assert assigned["9"] == rules.Epsilon(0.0)

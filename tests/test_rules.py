@@ -37,6 +37,8 @@ RULES = {
     "epsilon-nobias": (rules.Epsilon(1e-6, ignore_bias=True),
                        lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R, ignore_bias=True)),
     "norm": (rules.Norm(), lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R)),
+    "norm-nobias": (rules.Norm(ignore_bias=True),
+                    lambda W, b, x, R, lo, hi: dense.epsilon(W, b, x, R, ignore_bias=True)),
     "zplus": (rules.ZPlus(), lambda W, b, x, R, lo, hi: dense.zplus(W, b, x, R)),
     "zplus-nobias": (rules.ZPlus(ignore_bias=True),
                      lambda W, b, x, R, lo, hi: dense.zplus(W, b, x, R, ignore_bias=True)),
