@@ -1,7 +1,8 @@
 """Code generation: one explain program (forward + relevance backward) as a GraphModule.
 
 The program is ``forward(self, <input>, target=None, output_relevance=None)`` returning
-``(output, relevance)``. The forward sweep copies every node; the output relevance is selected;
+``(output, relevance)``, or ``(output, relevance, {name: relevance})`` when layers are recorded
+(``lrpfx.record``). The forward sweep copies every node; the output relevance is selected;
 the backward sweep visits the nodes in reverse and lets each op's implementation emit the
 relevance of its inputs; relevances of a value used several times are summed.
 """
@@ -13,9 +14,9 @@ import operator
 import torch
 from torch import fx, nn
 
-from lrpfx import meta
+from lrpfx import meta, targets
 from lrpfx.builder import Builder
-from lrpfx.ops import functional as lf
+from lrpfx.filters import FILTER
 from lrpfx.ops.registry import lookup
 
 
@@ -50,13 +51,17 @@ def _backward(
         impl = lookup(node, modules)
         if node not in rel or impl is None:
             continue
-        for source, value in impl.backward(b, node, rel[node], node.meta.get(meta.RULE)):
+        arriving = rel[node]
+        if (relevance_filter := node.meta.get(FILTER)) is not None:
+            arriving = relevance_filter.emit(b, node, arriving)
+        for source, value in impl.backward(b, node, arriving, node.meta.get(meta.RULE)):
             _accumulate(b, rel, source, value)
     return rel
 
 
-def generate(gm: fx.GraphModule) -> fx.GraphModule:
-    """The explain program of an annotated, checked canonical graph."""
+def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx.GraphModule:
+    """The explain program of an annotated, checked canonical graph; ``record`` names the nodes
+    whose output relevance it also returns (``lrpfx.record.select``)."""
     modules = dict(gm.named_modules())
     b = Builder(gm)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -65,11 +70,19 @@ def generate(gm: fx.GraphModule) -> fx.GraphModule:
     output = _forward(b, gm, modules)
     target = b.graph.placeholder("target", default_value=None)
     given = b.graph.placeholder("output_relevance", default_value=None)
-    seed = b.call(lf.output_relevance, output, target, given, name="rel_output")
+    seed = b.call(targets.output_relevance, output, target, given, name="rel_output")
     rel = _backward(b, gm, modules, seed)
     x = inputs[0]
     relevance = rel.get(x) or b.call(torch.zeros_like, b[x], name=f"rel_{b.name(x)}")
-    b.graph.output((output, relevance))
+    if record:
+        layers = {
+            name: rel.get(node)
+            or b.call(torch.zeros_like, b[node], name=f"rel_{meta.identifier(name)}")
+            for name, node in record.items()
+        }
+        b.graph.output((output, relevance, layers))
+    else:
+        b.graph.output((output, relevance))
     root = nn.Module()
     for name, value in b.constants.items():
         root.register_buffer(name, value)

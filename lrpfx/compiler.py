@@ -9,9 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, passes  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, filters, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.passes.maxpool import MaxPoolMode
+from lrpfx.passes.softmax import strip_softmax as check_softmax
+from lrpfx.record import RecordSpec, select
 from lrpfx.tracing import LeafSpec, trace
 
 CANONIZE = (passes.normalize, passes.fold_batchnorm, passes.linearize)
@@ -25,6 +27,8 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     torch_compile: bool = False,
     leaf_modules: Sequence[LeafSpec] = (),
     concrete_args: dict[str, Any] | None = None,
+    record: RecordSpec = None,
+    strip_softmax: bool = False,
 ) -> Explainer:
     """Compile ``model`` into an explainer: one generated forward + relevance program.
 
@@ -38,6 +42,12 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         torch_compile: wrap the program in ``torch.compile``.
         leaf_modules: module classes or qualified names to keep whole when tracing.
         concrete_args: passed to ``torch.fx`` tracing, to specialize Python control flow.
+        record: also return layer relevances in ``Explanation.layers``: ``True`` for every
+            node, or a list of module paths / node names (``["features.10", "features.20"]``);
+            each is the relevance of that node's output (``lrpfx.record``). Compiled in: no
+            cost when off.
+        strip_softmax: a model whose output is a softmax or log-softmax is refused (LRP
+            explains logits); ``True`` explains the logits before it instead.
 
     Example:
         >>> explainer = lrpfx.compile(model, "epsilon-plus-flat")
@@ -56,7 +66,8 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     gm = trace(model, concrete_args, leaf_modules)
     for canonize in CANONIZE:
         gm = canonize(gm)
+    gm = check_softmax(gm, strip_softmax)
     gm = passes.maxpool(gm, maxpool)
-    gm = passes.check(passes.annotate(gm, composite))
-    program = codegen.generate(gm)
+    gm = passes.check(filters.unwrap(passes.annotate(gm, composite)))
+    program = codegen.generate(gm, select(gm, record))
     return Explainer(program, gm, composite, torch_compile)

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
 from torch import fx, nn
 
 
-class Explanation(NamedTuple):
-    """The model output and the input relevance (shaped like the input)."""
-
+class _Pair(NamedTuple):
     output: torch.Tensor
     relevance: torch.Tensor
+
+
+class Explanation(_Pair):
+    """The model output and the input relevance (shaped like the input), a 2-tuple
+    (``output, relevance = explainer(x)`` unpacks it), plus ``layers``: the relevances recorded
+    with ``lrpfx.compile(..., record=...)`` by name (empty, read-only, when none are)."""
+
+    layers: Mapping[str, torch.Tensor] = MappingProxyType({})
+
+    def __new__(cls, output: torch.Tensor, relevance: torch.Tensor,
+                layers: Mapping[str, torch.Tensor] | None = None) -> Explanation:
+        self = super().__new__(cls, output, relevance)
+        if layers:
+            self.layers = layers
+        return self
+
+    def __repr__(self) -> str:
+        shapes = f"output={tuple(self.output.shape)}, relevance={tuple(self.relevance.shape)}"
+        return f"Explanation({shapes}, layers=[{', '.join(self.layers)}])"
 
 
 class Explainer(nn.Module):
@@ -39,7 +58,7 @@ class Explainer(nn.Module):
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
-        output_relevance: torch.Tensor | None = None,
+        output_relevance: torch.Tensor | Callable[..., torch.Tensor] | None = None,
     ) -> Explanation:
         """Explain ``x``.
 
@@ -48,16 +67,22 @@ class Explainer(nn.Module):
             target: the class to explain: an int, a 1-D LongTensor with one class per sample,
                 or None for each sample's argmax. The output relevance is then the target logit
                 (``output * one_hot(target)``).
-            output_relevance: the relevance at the output instead, shaped like the output.
+            output_relevance: the relevance at the output instead, shaped like the output, or
+                a callable ``(output, target) -> relevance`` run on the real output
+                (``lrpfx.targets.one_hot``, ``lrpfx.targets.Contrast(other)``).
+
+        Returns:
+            ``Explanation(output, relevance)``, with ``.layers`` when layers are recorded.
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
         if isinstance(target, int):
             target = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
         with torch.no_grad():
-            output, relevance = self._run(x, target, output_relevance)
-        return Explanation(output, relevance)
+            result = self._run(x, target, output_relevance)
+        return Explanation(*result)
 
-    def extra_repr(self) -> str:
-        nodes = len(self.graph_module.graph.nodes)
-        return f"composite={self.composite!r}, nodes={nodes}"
+    def __repr__(self) -> str:
+        from lrpfx.show import summary  # show renders explainers: imported late
+
+        return summary(self)

@@ -89,10 +89,20 @@ class Epsilon(Rule):
 
     ``epsilon=0`` is LRP-0. ``ignore_bias=True`` drops the bias from ``z``, which makes the rule
     conservative (sum of R_in equals sum of R_out) up to the stabilizer.
+
+    ``scale="std"`` makes ε relative to the layer's output, as the VGG-16 recipe of the LRP
+    overview (Montavon et al. 2019, §10.3; "ε = 0.25 std"): per sample,
+    ``ε' = ε · std(z) + 1e-9`` with ``std(z) = sqrt(mean(z²))`` over that sample's ``z``, as in
+    the authors' tutorial code. ``Epsilon(0.25, scale="std")`` is that rule.
     """
 
     epsilon: float = 1e-6
     ignore_bias: bool = False
+    scale: Literal["std"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale not in (None, "std"):
+            raise ValueError(f"Epsilon scale must be None or 'std', got {self.scale!r}")
 
     @property
     def stabilizer(self) -> float:  # type: ignore[override]

@@ -1,16 +1,81 @@
-"""``lrpfx.show``: the annotated graph as a rich table."""
+"""``lrpfx.show``: the annotated graph as a rich table, and the one-line summary of an explainer.
+
+One row per node of the canonical graph the program was generated from: the node (its module
+path, or the fx name of a function call), the op as it was written (``nn.Conv2d``, ``F.relu``),
+the rule with its parameters, the output shape (given an example input), and what canonization
+did to it (BatchNorm folded in, max-pool mode, known sign, stripped softmax, relevance filter).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from torch import fx
 
 from lrpfx import meta
-from lrpfx.explainer import Explainer
+from lrpfx.filters import FILTER, TopK
+from lrpfx.ops.registry import lookup
+from lrpfx.passes.softmax import STRIPPED
+from lrpfx.rules import Epsilon, Rule
+
+if TYPE_CHECKING:
+    from lrpfx.explainer import Explainer
+
+SYMBOLS = {"epsilon": "ε", "gamma": "γ", "alpha": "α", "beta": "β", "stabilizer": "stab"}
+MAXPOOL_NOTES = {"avg": "max-pool as avg", "wta": "max-pool winner-takes-all"}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            return f"{value.item():.3g}"
+        return f"[{value.min().item():.3g}…{value.max().item():.3g}]"
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def describe_rule(rule: Rule | None) -> str:
+    """A compact ``Name(param=value)`` with only the parameters that differ from the defaults:
+    ``Gamma(γ=0.25)``, ``Epsilon(ε=0.25·std)``, ``ZBox(low=[-2.12…-1.8], high=...)``."""
+    if rule is None:
+        return ""
+    if isinstance(rule, TopK):
+        return f"TopK({rule.percent:g}%, {describe_rule(rule.rule)})"
+    if not dataclasses.is_dataclass(rule):
+        return repr(rule)
+    parts = []
+    for field in dataclasses.fields(rule):
+        value = getattr(rule, field.name)
+        if field.name == "scale" or (field.default is not dataclasses.MISSING
+                                     and _equal(value, field.default)):
+            continue
+        if field.name == "ignore_bias":
+            parts.append("no bias")
+            continue
+        text = f"{SYMBOLS.get(field.name, field.name)}={_value(value)}"
+        if field.name == "epsilon" and isinstance(rule, Epsilon) and rule.scale == "std":
+            text += "·std"
+        parts.append(text)
+    return f"{type(rule).__name__}({', '.join(parts)})"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return bool(a == b)
 
 
 def _op(node: fx.Node) -> str:
+    if node.op == "placeholder":
+        return "input"
+    origin = node.meta.get(meta.ORIGIN)
+    if origin:
+        return str(origin)
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     return str(node.target)
@@ -19,29 +84,91 @@ def _op(node: fx.Node) -> str:
 def _notes(node: fx.Node) -> str:
     notes = []
     if node.meta.get(meta.FOLDED):
-        notes.append("folded " + ", ".join(node.meta[meta.FOLDED]))
+        notes.append("folded BN " + ", ".join(node.meta[meta.FOLDED]))
     mode = node.meta.get(meta.MAXPOOL)
     if mode:
-        notes.append("max-pool as average" if mode == "avg" else "winner-takes-all")
+        notes.append(MAXPOOL_NOTES.get(mode, mode))
+    if node.meta.get(STRIPPED):
+        notes.append(f"output {node.meta[STRIPPED]} stripped")
     if node.meta.get(meta.NONNEG):
         notes.append("≥ 0")
     return "; ".join(notes)
 
 
-def table(explainer: Explainer) -> Table:
-    """The rich table of ``lrpfx.show``: node, op, module, rule, notes."""
-    t = Table(title=f"lrpfx program ({explainer.composite!r})", title_justify="left")
-    for column in ("node", "op", "module", "rule", "notes"):
-        t.add_column(column, overflow="fold")
-    for node in explainer.graph_module.graph.nodes:
-        if node.op in ("get_attr", "output"):
-            continue
-        rule = node.meta.get(meta.RULE)
-        t.add_row(meta.display_name(node), _op(node), node.meta.get(meta.PATH) or "",
-                  repr(rule) if rule is not None else "", _notes(node))
+def _shape(node: fx.Node) -> str:
+    tensor_meta = node.meta.get("tensor_meta")
+    shape = getattr(tensor_meta, "shape", None)
+    return "×".join(map(str, shape)) if shape is not None else ""
+
+
+def shapes(explainer: Explainer, example: torch.Tensor) -> None:
+    """Record the output shape of every node of ``explainer.graph_module`` for ``example``."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(explainer.graph_module).propagate(example)
+
+
+def _rule(node: fx.Node) -> str:
+    text = describe_rule(node.meta.get(meta.RULE))
+    relevance_filter = node.meta.get(FILTER)
+    if relevance_filter is not None:
+        text = f"TopK({relevance_filter.percent:g}%, {text})"
+    return text
+
+
+def table(explainer: Explainer, example: torch.Tensor | None = None) -> Table:
+    """The rich table of ``lrpfx.show``: node, op, rule, shape, notes."""
+    if example is not None:
+        shapes(explainer, example)
+    nodes = [n for n in explainer.graph_module.graph.nodes if n.op not in ("get_attr", "output")]
+    with_shapes = any(_shape(n) for n in nodes)
+    t = Table(title=summary(explainer), title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, title_style="bold")
+    t.add_column("node", no_wrap=True, style="cyan")
+    t.add_column("op", overflow="fold")
+    t.add_column("rule", overflow="fold", style="green")
+    if with_shapes:
+        t.add_column("shape", overflow="fold", style="dim")
+    t.add_column("notes", overflow="fold", style="yellow")
+    for node in nodes:
+        row = [node.meta.get(meta.PATH) or node.name, _op(node), _rule(node)]
+        row += [_shape(node)] if with_shapes else []
+        t.add_row(*row, _notes(node))
     return t
 
 
-def show(explainer: Explainer, console: Console | None = None) -> None:
-    """Print the annotated graph of ``explainer``: one row per node with its rule."""
-    (console or Console()).print(table(explainer))
+def show(explainer: Explainer, console: Console | None = None, *,
+         example: torch.Tensor | None = None) -> None:
+    """Print the annotated graph of ``explainer``: one row per node with its rule.
+
+    Args:
+        explainer: from ``lrpfx.compile``.
+        console: where to print (default: a new ``rich`` console, which renders as HTML in
+            Jupyter).
+        example: an input batch; with it the table has each node's output shape.
+    """
+    (console or Console()).print(table(explainer, example))
+
+
+# the op families counted in the summary, in this order
+SUMMARY_KINDS = ("conv", "dense", "batchnorm", "maxpool", "avgpool", "add", "cat")
+
+
+def summary(explainer: Explainer) -> str:
+    """One line: model, composite, how many layers of each kind, what canonization did."""
+    gm = explainer.graph_module
+    modules = dict(gm.named_modules())
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
+    kinds = Counter(impl.kind for n in nodes if (impl := lookup(n, modules)) is not None)
+    layers = [f"{kinds[k]} {k}" for k in SUMMARY_KINDS if kinds[k]]
+    folded = sum(len(n.meta.get(meta.FOLDED, ())) for n in nodes)
+    layers += [f"{folded} BatchNorm folded"] if folded else []
+    layers += sorted({MAXPOOL_NOTES[n.meta[meta.MAXPOOL]] for n in nodes
+                      if n.meta.get(meta.MAXPOOL)})
+    layers += [f"output {n.meta[STRIPPED]} stripped" for n in nodes if n.meta.get(STRIPPED)]
+    outputs = next(n for n in explainer.program.graph.nodes if n.op == "output").args[0]
+    if isinstance(outputs, tuple) and len(outputs) == 3:
+        layers.append(f"records {len(outputs[2])} layers")  # type: ignore[arg-type]
+    name = getattr(explainer.composite, "name", type(explainer.composite).__name__)
+    return f"Explainer({type(gm).__name__}, {name!r}, {len(nodes)} nodes: {', '.join(layers)})"

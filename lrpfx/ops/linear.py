@@ -186,6 +186,20 @@ def _reuses_forward(op: LinearOp, node: fx.Node, terms: list[Term]) -> bool:
     return terms[0].bias == IDENTITY or not has_bias
 
 
+def std_epsilon(z: torch.Tensor, factor: float) -> torch.Tensor:
+    """``factor · sqrt(mean(z²)) + 1e-9`` per sample, shaped to broadcast against ``z``
+    (the ε of ``Epsilon(factor, scale="std")``; runs in the generated program)."""
+    rms = z.detach().flatten(1).square().mean(1).sqrt()
+    return (factor * rms + 1e-9).reshape((-1,) + (1,) * (z.dim() - 1))
+
+
+def _stabilizer(b: Builder, rule: Rule, z: fx.Node, tag: str) -> float | fx.Node:
+    """The ε of the denominator: the rule's constant, or one scaled by the std of ``z``."""
+    if isinstance(rule, Epsilon) and rule.scale == "std":
+        return b.call(std_epsilon, z, rule.epsilon, name=f"eps_{tag}")
+    return rule.stabilizer
+
+
 def _group(
     b: Builder, op: LinearOp, node: fx.Node, rel: fx.Node, rule: Rule, group: Group,
     inputs: _Inputs,
@@ -205,8 +219,8 @@ def _group(
         ]
         z = _signed_sum(b, zs, f"z_{b.name(node)}")
     tag = b.name(node)
-    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, rule.stabilizer, name=f"z_{tag}"),
-               name=f"s_{b.name(node)}")
+    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, _stabilizer(b, rule, z, tag),
+                                             name=f"z_{tag}"), name=f"s_{b.name(node)}")
     if group.where is not None:
         compare = operator.gt if group.where == "z>0" else operator.lt
         s = b.call(operator.mul, s, b.call(compare, b[node], 0, name=f"mask_{b.name(node)}"),
