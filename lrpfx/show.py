@@ -22,13 +22,13 @@ from lrpfx import meta
 from lrpfx.filters import FILTER, TopK
 from lrpfx.ops.registry import lookup
 from lrpfx.passes.softmax import STRIPPED
-from lrpfx.rules import Epsilon, Rule
+from lrpfx.rules import Epsilon, Rule, ZBox
 
 if TYPE_CHECKING:
     from lrpfx.explainer import Explainer
 
 SYMBOLS = {"epsilon": "ε", "gamma": "γ", "alpha": "α", "beta": "β", "stabilizer": "stab"}
-MAXPOOL_NOTES = {"avg": "max-pool as avg", "wta": "max-pool winner-takes-all"}
+MAXPOOL_NOTES = {"avg": "as avg-pool", "wta": "winner-takes-all"}
 
 
 def _value(value: Any) -> str:
@@ -40,8 +40,9 @@ def _value(value: Any) -> str:
 
 
 def describe_rule(rule: Rule | None) -> str:
-    """A compact ``Name(param=value)`` with only the parameters that differ from the defaults:
-    ``Gamma(γ=0.25)``, ``Epsilon(ε=0.25·std)``, ``ZBox(low=[-2.12…-1.8], high=...)``."""
+    """A compact ``Name(param=value)``: the rule's own parameters always, the stabilizer and
+    ``ignore_bias`` only when not the default: ``Gamma(γ=0.25)``, ``Epsilon(ε=0.25·std)``,
+    ``ZBox(-2.12…2.64)`` (the lowest and highest bound), ``TopK(10%, ZPlus())``."""
     if rule is None:
         return ""
     if isinstance(rule, TopK):
@@ -51,8 +52,9 @@ def describe_rule(rule: Rule | None) -> str:
     parts = []
     for field in dataclasses.fields(rule):
         value = getattr(rule, field.name)
-        if field.name == "scale" or (field.default is not dataclasses.MISSING
-                                     and _equal(value, field.default)):
+        if field.name in ("scale", "low", "high") or (
+            field.name in ("stabilizer", "ignore_bias") and _equal(value, field.default)
+        ):
             continue
         if field.name == "ignore_bias":
             parts.append("no bias")
@@ -61,6 +63,9 @@ def describe_rule(rule: Rule | None) -> str:
         if field.name == "epsilon" and isinstance(rule, Epsilon) and rule.scale == "std":
             text += "·std"
         parts.append(text)
+    if isinstance(rule, ZBox):
+        low, high = torch.as_tensor(rule.low).min(), torch.as_tensor(rule.high).max()
+        parts.insert(0, f"{low.item():.3g}…{high.item():.3g}")
     return f"{type(rule).__name__}({', '.join(parts)})"
 
 
@@ -75,7 +80,7 @@ def _op(node: fx.Node) -> str:
         return "input"
     origin = node.meta.get(meta.ORIGIN)
     if origin:
-        return str(origin)
+        return str(origin).removeprefix("nn.")
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     return str(node.target)
@@ -91,14 +96,14 @@ def _notes(node: fx.Node) -> str:
     if node.meta.get(STRIPPED):
         notes.append(f"output {node.meta[STRIPPED]} stripped")
     if node.meta.get(meta.NONNEG):
-        notes.append("≥ 0")
+        notes.append("≥0")
     return "; ".join(notes)
 
 
 def _shape(node: fx.Node) -> str:
     tensor_meta = node.meta.get("tensor_meta")
     shape = getattr(tensor_meta, "shape", None)
-    return "×".join(map(str, shape)) if shape is not None else ""
+    return "×".join(map(str, shape[1:])) if shape is not None else ""  # per sample
 
 
 def shapes(explainer: Explainer, example: torch.Tensor) -> None:
@@ -126,11 +131,11 @@ def table(explainer: Explainer, example: torch.Tensor | None = None) -> Table:
     t = Table(title=summary(explainer), title_justify="left", box=box.SIMPLE_HEAD,
               pad_edge=False, title_style="bold")
     t.add_column("node", no_wrap=True, style="cyan")
-    t.add_column("op", overflow="fold")
-    t.add_column("rule", overflow="fold", style="green")
+    t.add_column("op", overflow="fold", max_width=14)
+    t.add_column("rule", overflow="fold", style="green", min_width=16, ratio=2)
     if with_shapes:
-        t.add_column("shape", overflow="fold", style="dim")
-    t.add_column("notes", overflow="fold", style="yellow")
+        t.add_column("shape", no_wrap=True, style="dim")
+    t.add_column("notes", overflow="fold", style="yellow", ratio=1)
     for node in nodes:
         row = [node.meta.get(meta.PATH) or node.name, _op(node), _rule(node)]
         row += [_shape(node)] if with_shapes else []
@@ -164,7 +169,7 @@ def summary(explainer: Explainer) -> str:
     layers = [f"{kinds[k]} {k}" for k in SUMMARY_KINDS if kinds[k]]
     folded = sum(len(n.meta.get(meta.FOLDED, ())) for n in nodes)
     layers += [f"{folded} BatchNorm folded"] if folded else []
-    layers += sorted({MAXPOOL_NOTES[n.meta[meta.MAXPOOL]] for n in nodes
+    layers += sorted({f"maxpool={n.meta[meta.MAXPOOL]!r}" for n in nodes
                       if n.meta.get(meta.MAXPOOL)})
     layers += [f"output {n.meta[STRIPPED]} stripped" for n in nodes if n.meta.get(STRIPPED)]
     outputs = next(n for n in explainer.program.graph.nodes if n.op == "output").args[0]

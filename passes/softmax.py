@@ -56,7 +56,8 @@ def strip_softmax(gm: fx.GraphModule, strip: bool = False) -> fx.GraphModule:
         return gm
     if not strip:
         path = last.meta.get(meta.PATH)
-        where = f"node {last.name!r}" + (f" (module {path!r})" if path else "")
+        origin = last.meta.get(meta.ORIGIN) or last.name
+        where = f"{origin}, module {path!r}" if path else f"{origin}, node {last.name!r}"
         raise ModelCheckError(
             f"the model output is a {kind} ({where}): LRP explains logits, not probabilities. "
             "Fix: compile with strip_softmax=True to explain the logits before it, or pass the "

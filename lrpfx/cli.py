@@ -1,0 +1,277 @@
+"""The ``lrpfx`` command line: explain image folders, show a model's relevance program, run the
+digits demo.
+
+    lrpfx explain photos/ --arch vgg16 --out heatmaps/      # one heatmap PNG per image
+    lrpfx show --arch resnet50 --rules epsilon-plus-flat    # the annotated graph
+    lrpfx demo                                              # the digits main job
+
+Exit status: 0 when everything was explained, 1 when some images could not be, 2 for unusable
+arguments (a missing path, an unknown model, a weight file that does not fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import lrpfx
+from lrpfx import composites, filters, heatmap
+from lrpfx.errors import LrpfxError
+from lrpfx.images import (
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputError,
+    LoadedModel,
+    find_images,
+    load_image,
+    load_model,
+    pixel_bounds,
+    preprocess,
+)
+
+STYLES = ("heatmap", "overlay", "pair")
+
+
+def _say(console: Console, text: str) -> None:
+    """One message, never re-wrapped (a one-line error stays one line), markup allowed."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def composite_for(name: str, top_k: float | None = None) -> composites.Composite:
+    """A preset by name for ImageNet-normalized inputs (zᴮ gets the normalized pixel bounds)."""
+    if name == "epsilon-gamma-box":
+        low, high = pixel_bounds()
+        composite: composites.Composite = composites.EpsilonGammaBox(low=low, high=high)
+    else:
+        composite = composites.resolve(name)
+    return filters.Filtered(composite, top_k) if top_k else composite
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="vgg16",
+                        help="torchvision model name (vgg16, resnet50, ...) or module:factory "
+                             "(default: vgg16)")
+    parser.add_argument("--weights", type=Path, help="state dict to load into the model")
+    parser.add_argument("--rules", default="epsilon-gamma-box", choices=sorted(composites.PRESETS),
+                        help="composite preset (default: epsilon-gamma-box)")
+    parser.add_argument("--maxpool", default="avg", choices=("avg", "wta"),
+                        help="relevance through max-pools: as average pools or winner-takes-all")
+    parser.add_argument("--top-k", type=float, metavar="PERCENT",
+                        help="relevance filter: keep the top PERCENT %% at every layer "
+                             "(sharper, not conservative)")
+    parser.add_argument("--size", type=int, default=224, help="input crop size (default: 224)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrpfx", description="Layer-wise Relevance "
+                                     "Propagation for PyTorch models, compiled with torch.fx.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    explain = commands.add_parser("explain", help="write a heatmap PNG for every image")
+    explain.add_argument("paths", nargs="+", metavar="IMAGES_OR_FOLDER")
+    _common(explain)
+    explain.add_argument("--target", default="pred",
+                         help="class index to explain, or 'pred' for the predicted class")
+    explain.add_argument("--out", type=Path, default=Path("out/heatmaps"), help="output folder")
+    explain.add_argument("--batch-size", type=int, default=8)
+    explain.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    explain.add_argument("--style", default="heatmap", choices=STYLES,
+                         help="heatmap alone, over the image, or image and heatmap side by side")
+    explain.add_argument("--cmap", default="bwr", choices=sorted(heatmap.COLORMAPS))
+    explain.add_argument("--no-download", action="store_true",
+                         help="do not try to download pretrained weights")
+    show = commands.add_parser("show", help="print the annotated graph of a model")
+    _common(show)
+    demo = commands.add_parser("demo", help="run the digits demo (examples/digits.py)")
+    demo.add_argument("args", nargs=argparse.REMAINDER, help="passed to examples/digits.py")
+    return parser
+
+
+def _target(text: str) -> int | None:
+    if text == "pred":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"--target must be a class index or 'pred', got {text!r}") from None
+
+
+def _output_names(images: list[Path], out: Path) -> dict[Path, Path]:
+    """One PNG per image: its name, made unique with the parent folder where names clash."""
+    names: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for image in images:
+        candidate = out / f"{image.stem}.png"
+        if candidate in taken:
+            candidate = out / f"{image.parent.name}_{image.stem}.png"
+        k = 1
+        while candidate in taken:
+            k += 1
+            candidate = out / f"{image.stem}_{k}.png"
+        taken.add(candidate)
+        names[image] = candidate
+    return names
+
+
+def _picture(x: torch.Tensor, relevance: torch.Tensor, style: str, cmap: str) -> torch.Tensor:
+    """The PNG content for one batch: ``(N, 3, H, W')``."""
+    images = heatmap.to_image(x, IMAGENET_MEAN, IMAGENET_STD)
+    if style == "overlay":
+        return heatmap.overlay(images, relevance, cmap)
+    heat = heatmap.heatmap(relevance, cmap)
+    return torch.cat([images, heat], dim=-1) if style == "pair" else heat
+
+
+def _describe(k: int, categories: list[str] | None) -> str:
+    return f"{k} {categories[k]}" if categories and 0 <= k < len(categories) else str(k)
+
+
+def _explain_batch(explainer: lrpfx.Explainer, batch: list[tuple[Path, torch.Tensor]],
+                   args: argparse.Namespace, loaded: LoadedModel, names: dict[Path, Path],
+                   console: Console) -> None:
+    x = torch.stack([t for _, t in batch]).to(args.device)
+    target = _target(args.target)
+    out = explainer(x, target=target)
+    explained = out.output.argmax(1) if target is None else torch.full((len(x),), target)
+    pictures = _picture(x.cpu(), out.relevance.cpu(), args.style, args.cmap)
+    for (path, _), picture, logits, k, r in zip(batch, pictures, out.output, explained,
+                                                out.relevance, strict=True):
+        heatmap.save_png(picture, names[path])
+        predicted = _describe(int(logits.argmax()), loaded.categories)
+        line = (f"{escape(str(path))}: predicted [bold]{escape(predicted)}[/]"
+                f" (logit {logits.max():.3g}); explained {int(k)}: relevance sum "
+                f"{r.sum():.4g} of logit {logits[int(k)]:.4g} -> {escape(str(names[path]))}")
+        _say(console, line)
+
+
+def _check_target(target: int | None, explainer: lrpfx.Explainer,
+                  args: argparse.Namespace) -> None:
+    """An explicit ``--target`` must be one of the model's classes (one forward tells)."""
+    if target is None:
+        return
+    with torch.no_grad():
+        classes = explainer.graph_module(torch.zeros(1, 3, args.size, args.size,
+                                                     device=args.device)).shape[1]
+    if not 0 <= target < classes:
+        raise InputError(f"--target {target} is not a class of this model (0..{classes - 1})")
+
+
+def _load(args: argparse.Namespace, console: Console, download: bool) -> LoadedModel:
+    loaded = load_model(args.arch, args.weights, download=download)
+    style = "bold red" if loaded.random else "green"
+    note = (" - predictions and heatmaps are meaningless; pass --weights PATH"
+            if loaded.random else "")
+    _say(console, f"{args.arch}: weights [{style}]{escape(loaded.weights)}[/]{note}")
+    return loaded
+
+
+def _compile(args: argparse.Namespace, model: torch.nn.Module) -> lrpfx.Explainer:
+    return lrpfx.compile(model, composite_for(args.rules, args.top_k), maxpool=args.maxpool,
+                         strip_softmax=True)
+
+
+def explain_command(args: argparse.Namespace, console: Console) -> int:
+    """``lrpfx explain``: every image through the explainer, one PNG each."""
+    images, others = find_images(args.paths)
+    _target(args.target)  # a malformed target fails before any work
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    for other in others:
+        _say(console, f"[yellow]ignored[/] {escape(str(other))}: not an image file name "
+                      f"({' '.join(sorted(IMAGE_SUFFIXES))})")
+    if not images:
+        raise InputError(f"no images in {', '.join(map(str, args.paths))}")
+    loaded = _load(args, console, download=not args.no_download)
+    explainer = _compile(args, loaded.model).to(args.device)
+    _check_target(_target(args.target), explainer, args)
+    names = _output_names(images, args.out)
+    failed = _run(explainer, images, names, args, loaded, console)
+    done = len(images) - failed
+    _say(console, f"{done} of {len(images)} image(s) explained into {escape(str(args.out))}"
+                  + (f"; [red]{failed} failed[/]" if failed else ""))
+    return 1 if failed else 0
+
+
+def _run(explainer: lrpfx.Explainer, images: list[Path], names: dict[Path, Path],
+         args: argparse.Namespace, loaded: LoadedModel, console: Console) -> int:
+    """Decode, batch and explain with a progress bar; returns the number of failures."""
+    failed = 0
+    batch: list[tuple[Path, torch.Tensor]] = []
+    columns = (TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    start = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("explain", total=len(images))
+        for k, path in enumerate(images):
+            try:
+                batch.append((path, preprocess(load_image(path), args.size)))
+            except InputError as error:
+                failed += 1
+                _say(progress.console, f"[red]error[/] {escape(str(error))}")
+                progress.advance(task)
+            if batch and (len(batch) == args.batch_size or k == len(images) - 1):
+                _explain_batch(explainer, batch, args, loaded, names, progress.console)
+                progress.advance(task, len(batch))
+                batch = []
+    seconds = time.perf_counter() - start
+    _say(console, f"[dim]{len(images) - failed} image(s) in {seconds:.1f} s[/]")
+    return failed
+
+
+def show_command(args: argparse.Namespace, console: Console) -> int:
+    """``lrpfx show``: the annotated graph with output shapes for one input of ``--size``."""
+    loaded = (load_model(args.arch, args.weights, download=False) if args.weights
+              else LoadedModel(_build(args.arch), "random", True))
+    explainer = _compile(args, loaded.model)
+    lrpfx.show(explainer, console, example=torch.zeros(1, 3, args.size, args.size))
+    return 0
+
+
+def _build(arch: str) -> torch.nn.Module:
+    from lrpfx.images import build_model
+
+    return build_model(arch).eval()
+
+
+def demo_command(args: argparse.Namespace, console: Console) -> int:
+    """``lrpfx demo``: the digits main job, from the source checkout's examples/."""
+    script = Path(lrpfx.__file__).resolve().parent.parent / "examples" / "digits.py"
+    if not script.is_file():
+        raise InputError(f"the demo runs examples/digits.py from a source checkout; "
+                         f"{script} is not there")
+    saved = sys.argv
+    sys.argv = [str(script), *args.args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = saved
+    return 0
+
+
+COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_command}
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run the command line; returns the exit status (also the console script's)."""
+    args = build_parser().parse_args(argv)
+    console = console or Console()
+    try:
+        return COMMANDS[args.command](args, console)
+    except InputError as error:
+        _say(console, f"[red]lrpfx: error:[/] {escape(str(error))}")
+        return 2
+    except LrpfxError as error:  # the model cannot be explained: the compiler's own message
+        _say(console, f"[red]lrpfx: {type(error).__name__}:[/] {escape(str(error))}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
