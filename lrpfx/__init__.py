@@ -6,22 +6,27 @@
 >>> print(explainer.code)                 # the generated relevance program
 """
 
-from lrpfx import composites, rules
+from lrpfx import composites, filters, heatmap, rules, targets
 from lrpfx.compiler import compile
 from lrpfx.errors import LrpfxError, TraceError, UnsupportedOperationError
 from lrpfx.explainer import Explainer, Explanation
 from lrpfx.ops import register
+from lrpfx.passes.softmax import ModelCheckError
 from lrpfx.show import show
 
 __all__ = [
     "Explainer",
     "Explanation",
     "LrpfxError",
+    "ModelCheckError",
     "TraceError",
     "UnsupportedOperationError",
     "compile",
     "composites",
+    "filters",
+    "heatmap",
     "register",
     "rules",
     "show",
+    "targets",
 ]

@@ -55,11 +55,13 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out.relevance.shape == x.shape
     """
     composite = composites.resolve(rules)
-    if model.training:
+    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
+    if training:
+        which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
         warnings.warn(
-            f"{type(model).__name__} is in training mode; lrpfx explains a copy of it in eval "
-            "mode (BatchNorm running statistics, no dropout). Call model.eval() first to "
-            "silence this.",
+            f"{type(model).__name__} is in training mode ({which}); lrpfx explains a copy of it "
+            "in eval mode (BatchNorm running statistics, no dropout). Call model.eval() first "
+            "to silence this.",
             stacklevel=2,
         )
         model = copy.deepcopy(model).eval()  # the user's model keeps its flag

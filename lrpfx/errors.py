@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LrpfxError(Exception):
     """Base class of every error lrpfx raises on purpose."""
@@ -21,3 +23,20 @@ class UnsupportedOperationError(LrpfxError):
         self.nodes = lines
         listing = "\n".join(f"  - {line}" for line in lines)
         super().__init__(f"{len(lines)} node(s) cannot be explained:\n{listing}\n{hint}")
+
+
+class NonFiniteError(LrpfxError, FloatingPointError):
+    """An explanation came out with NaN or Inf although its inputs were finite.
+
+    Raised instead of returning a NaN heatmap. ``node`` names the first node of the relevance
+    program that produced a non-finite value (``None`` when it cannot be located), ``samples``
+    the affected batch indices, and ``explanation`` holds the result anyway, for whoever wants
+    to keep the finite samples.
+    """
+
+    def __init__(self, message: str, explanation: Any, node: str | None,
+                 samples: list[int]) -> None:
+        super().__init__(message)
+        self.explanation = explanation
+        self.node = node
+        self.samples = samples

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
+
+from lrpfx import validate
 
 
 class _Pair(NamedTuple):
@@ -74,13 +77,29 @@ class Explainer(nn.Module):
         Returns:
             ``Explanation(output, relevance)``, with ``.layers`` when layers are recorded.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-        if isinstance(target, int):
-            target = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+        target = validate.arguments(self, x, target, output_relevance)  # or a named error
         with torch.no_grad():
             result = self._run(x, target, output_relevance)
-        return Explanation(*result)
+        return validate.finite(self, Explanation(*result), x, target, output_relevance)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        """Load saved program tensors by replacing this explainer's tensors, never by copying
+        into them: they share memory with the model it was compiled from."""
+        return super().load_state_dict(state_dict, strict=strict, assign=True)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "an Explainer cannot be pickled (torch.save(explainer)): its program is generated "
+            "code. Save the model and compile it again after loading, or save "
+            "explainer.state_dict() and load it into an explainer compiled from the same "
+            "architecture with the same rules and options.")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Explainer:
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     def __repr__(self) -> str:
         from lrpfx.show import summary  # show renders explainers: imported late

@@ -1,31 +1,116 @@
-"""Symbolic tracing: the model becomes an ``fx.GraphModule`` with one node per call site."""
+"""Symbolic tracing: the model becomes an ``fx.GraphModule`` with one node per call site.
+
+On top of ``torch.fx`` tracing (the model is only read):
+
+- ``x += y`` (``-=``, ``*=``, ``/=``) on a tensor is traced as the in-place op it is in eager
+  mode; fx alone rebinds it to ``x + y``, so another name for the old ``x`` would read a stale
+  value. ``normalize`` then makes every in-place op out of place.
+- An in-place write that another name would see (a view of the written tensor read later, or a
+  parameter or buffer of the model) cannot be made out of place: it is refused, listed like an
+  unsupported op.
+- Module classes registered with ``lrpfx.register`` are leaves, like ``leaf_modules``; the
+  program gets its own copy of each such module (sharing its tensors), so nothing done to the
+  explainer (``.to()``, ``load_state_dict``) reaches the user's module.
+- Arguments fixed by ``concrete_args`` and unused arguments disappear from the graph; a model
+  with another tensor input is refused.
+- fx's errors become ``TraceError`` naming the submodule, the source line and the fixes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import inspect
+import itertools
+import operator
+import os
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from lrpfx.errors import TraceError
+from lrpfx.errors import TraceError, UnsupportedOperationError
+from lrpfx.ops.registry import REGISTRY
 
 LeafSpec = type[nn.Module] | str
 
 
+# augmented assignments on tensors, traced as the in-place ops they are
+_AUGMENTED = {"__iadd__": operator.iadd, "__isub__": operator.isub, "__imul__": operator.imul,
+              "__itruediv__": operator.itruediv}
+# nodes whose value is not a tensor (sizes, dims, flags): ``n += 1`` rebinds them, as in Python
+_NON_TENSOR_METHODS = {"size", "dim", "numel", "item", "tolist", "__len__", "element_size"}
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    """Whether a traced value is (as far as the graph tells) a tensor rather than a Python
+    number or a shape."""
+    if node.op == "call_method":
+        return str(node.target) not in _NON_TENSOR_METHODS
+    if node.op == "call_function":
+        if node.target in (getattr, len):
+            return False
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        return not inputs or any(_is_tensor(a) for a in inputs)
+    return True
+
+
+class Proxy(fx.Proxy):
+    """An fx Proxy whose augmented assignments on tensors are in-place ops."""
+
+
+def _augmented(name: str, op: Callable[..., Any]) -> Callable[..., Any]:
+    plain = getattr(operator, name.replace("__i", "__"))
+
+    def method(self: Proxy, other: Any) -> Any:
+        if not _is_tensor(self.node):
+            return plain(self, other)
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    return method
+
+
+for _name, _op in _AUGMENTED.items():
+    setattr(Proxy, _name, _augmented(_name, _op))
+
+
 class Tracer(fx.Tracer):
-    """``torch.fx`` tracer whose leaves are the standard ``torch.nn`` layers plus ``leaf_modules``
-    (module classes or qualified names); it records the source line of every node."""
+    """``torch.fx`` tracer whose leaves are the standard ``torch.nn`` layers, ``leaf_modules``
+    (module classes or qualified names) and the module classes registered with
+    ``lrpfx.register``; it records the source line of every node and, when tracing fails, the
+    innermost module being traced."""
 
     def __init__(self, leaf_modules: Sequence[LeafSpec] = ()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types = tuple(s for s in leaf_modules if isinstance(s, type))
         self.leaf_names = {s for s in leaf_modules if isinstance(s, str)}
+        self.failed_in: tuple[str, nn.Module] | None = None
+
+    def user_leaf(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """A leaf the user asked for: named in ``leaf_modules`` or registered."""
+        return (isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names
+                or type(m) in REGISTRY)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names:
+        if self.user_leaf(m, module_qualified_name):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module sees the error first
+                self.failed_in = (self.path_of_module(m), m)
+            raise
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return Proxy(node, self)
 
 
 def trace(
@@ -36,7 +121,9 @@ def trace(
     """Trace ``model`` symbolically. The model is only read.
 
     Raises:
-        TraceError: the model cannot be traced; the message carries the fx error and the fixes.
+        TraceError: the model cannot be traced, or takes more than one tensor input; the
+            message carries the fx error, where it happened and the fixes.
+        UnsupportedOperationError: an in-place write would be seen through another name.
     """
     tracer = Tracer(leaf_modules)
     if tracer.is_leaf_module(model, ""):  # a bare nn layer: trace it as a one-layer network
@@ -44,11 +131,227 @@ def trace(
     try:
         graph = tracer.trace(model, concrete_args)
     except Exception as error:  # fx raises many types: TraceError, TypeError, RuntimeError...
-        name = type(model).__name__
+        raise TraceError(_trace_failure(model, tracer, error)) from error
+    _drop_fixed_inputs(graph, model)
+    modules = dict(model.named_modules())
+    _refuse_hidden_writes(graph, modules)
+    _warn_leaf_hooks(graph, modules)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    for target in {str(n.target) for n in graph.nodes if n.op == "call_module"}:
+        if tracer.user_leaf(modules[target], target):
+            gm.set_submodule(target, _alias_copy(modules[target]))
+    return gm
+
+
+def _user_frame(error: BaseException) -> str:
+    """The innermost frame of ``error``'s traceback in the user's code (not torch, not lrpfx)."""
+    skip = (f"{os.sep}torch{os.sep}", os.path.dirname(__file__))
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not any(part in f.filename for part in skip)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f'File "{f.filename}", line {f.lineno}, in {f.name}: {f.line}'
+
+
+def _trace_failure(model: nn.Module, tracer: Tracer, error: Exception) -> str:
+    """The message of a ``TraceError``: what fx said, where, and what to do."""
+    name = type(model).__name__
+    where = f"{name}.forward"
+    leaf = ""
+    if tracer.failed_in is not None and tracer.failed_in[0]:
+        path, module = tracer.failed_in
+        cls = type(module).__name__
+        where = f"submodule {path!r} ({cls})"
+        leaf = (f"\n  - keep {path!r} whole: leaf_modules=[{cls}] or leaf_modules=[{path!r}], "
+                f"and register how relevance passes it: @lrpfx.register({cls}, kind=..., "
+                "rules=(...))")
+    line = _user_frame(error)
+    at = f"  at {line}\n" if line else ""
+    return (
+        f"torch.fx could not trace {name}: in {where}: {type(error).__name__}: {error}\n"
+        f"{at}Fixes:{leaf}\n"
+        "  - Python control flow on another argument of forward (a flag, an optional tensor): "
+        "fix it with concrete_args={'flag': False}\n"
+        "  - control flow on the values of the input, item assignment (x[i] = v): write it with "
+        "tensor ops (torch.where, torch.cat), or move it into a submodule kept whole "
+        "(leaf_modules=[...])\n"
+        "  see https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing"
+    )
+
+
+def _drop_fixed_inputs(graph: fx.Graph, model: nn.Module) -> None:
+    """Remove the placeholders that do not reach the output (arguments fixed by
+    ``concrete_args`` with their guards, unused arguments); refuse several tensor inputs."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    live: set[fx.Node] = set()
+    stack = [output]
+    while stack:
+        node = stack.pop()
+        if node not in live:
+            live.add(node)
+            stack.extend(node.all_input_nodes)
+    dead: list[fx.Node] = []
+    for node in graph.nodes:
+        if node.op == "placeholder" and node not in live or any(a in dead for a in
+                                                                 node.all_input_nodes):
+            dead.append(node)
+    for node in reversed(dead):
+        graph.erase_node(node)
+    inputs = [n.name for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) > 1:
         raise TraceError(
-            f"torch.fx could not trace {name}: {type(error).__name__}: {error}\n"
-            "Fixes: pass the offending submodule (class or qualified name) in "
-            "leaf_modules=[...] so it is called as a whole, or fix Python control flow on inputs "
-            "with concrete_args={...}; see https://pytorch.org/docs/stable/fx.html#limitations"
-        ) from error
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+            f"lrpfx explains models with one tensor input; {type(model).__name__}.forward "
+            f"takes {len(inputs)}: {', '.join(inputs)}. Fix the others with concrete_args="
+            f"{{{', '.join(repr(n) + ': ...' for n in inputs[1:])}}}, or wrap the model in a "
+            "module whose forward takes one tensor"
+        )
+
+
+_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                  "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _parameter_hook(hook: object) -> bool:
+    """Hooks that recompute a parameter attribute before each forward (pruning, weight norm):
+    lrpfx reads the attribute they keep up to date, so they change nothing here."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    kinds = (BasePruningMethod, WeightNorm, SpectralNorm)
+    return isinstance(hook, kinds) or isinstance(getattr(hook, "__self__", None), kinds)
+
+
+def _warn_leaf_hooks(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Warn that forward hooks of leaf modules are not run: the program calls no layer of the
+    user's (tracing runs the hooks of the other modules, on symbolic values, like fx)."""
+    hooked = sorted({
+        str(n.target) for n in graph.nodes if n.op == "call_module"
+        and any(not _parameter_hook(h) for d in ("_forward_hooks", "_forward_pre_hooks")
+                for h in getattr(modules[str(n.target)], d).values())
+    })
+    if hooked:
+        names = ", ".join(repr(h) for h in hooked[:3]) + (
+            f" and {len(hooked) - 3} more" if hooked[3:] else "")
+        warnings.warn(
+            f"the explainer does not run forward hooks of layers: {names} have some. A hook that "
+            "only observes is fine; one that changes a layer's input or output is not part of "
+            "the explanation (build its effect into the model instead).",
+            stacklevel=4,
+        )
+
+
+def _alias_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are new tensors sharing storage with
+    the original's, without forward hooks: the program owns it, and nothing of the user's is
+    reached or called through it."""
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        alias = t.detach()
+        memo[id(t)] = nn.Parameter(alias, t.requires_grad) if isinstance(t, nn.Parameter) else alias
+    clone = copy.deepcopy(module, memo)
+    for m in clone.modules():
+        for hooks in _FORWARD_HOOKS:
+            if hasattr(m, hooks):
+                setattr(m, hooks, type(getattr(m, hooks))())
+    return clone
+
+
+# -- in-place writes another name would see ------------------------------------------------------
+# ops whose result may share memory with their first argument (conservative: a copy counts too)
+_ALIAS_METHODS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
+    "t", "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "unbind", "chunk",
+    "split", "tensor_split", "as_strided", "detach", "contiguous", "unfold", "diagonal",
+    "movedim", "moveaxis", "swapaxes", "swapdims", "to", "type", "type_as", "float", "double",
+    "half", "bfloat16", "__getitem__",
+}
+_ALIAS_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+    torch.narrow, torch.select, torch.chunk, torch.split, torch.unbind, torch.t, torch.movedim,
+    torch.swapaxes, torch.detach, torch.unflatten, torch.tensor_split, operator.getitem,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+}
+_ALIAS_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                  nn.Dropout3d, nn.AlphaDropout)
+
+
+def _writes(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` writes its first argument in place (eager semantics)."""
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__") and name != "requires_grad_"
+    if node.op == "call_module":
+        return getattr(modules.get(str(node.target)), "inplace", False) is True
+    if node.op != "call_function" or not callable(node.target):
+        return False
+    name = getattr(node.target, "__name__", "")
+    if node.target in _AUGMENTED.values() or (name.endswith("_") and not name.endswith("__")):
+        return True
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, unusual calls
+        return node.kwargs.get("inplace") is True
+    return bound.arguments.get("inplace") is True
+
+
+def _aliases(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s value may share memory with its first argument."""
+    if node.op == "call_method":
+        return str(node.target) in _ALIAS_METHODS
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _ALIAS_MODULES)
+    return node.op == "call_function" and node.target in _ALIAS_FUNCTIONS
+
+
+def _refuse_hidden_writes(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Refuse in-place writes that ``normalize`` cannot turn out of place.
+
+    ``normalize`` makes ``a.relu_()`` out of place by letting later readers of ``a`` read the
+    result. That is exact unless the written memory is also reached another way: through a
+    view of ``a`` (or a tensor ``a`` is a view of) created before the write and read after
+    it, or because it is a parameter or buffer of the model.
+    """
+    order = {n: i for i, n in enumerate(graph.nodes)}
+
+    def linked(n: fx.Node) -> bool:
+        return (_aliases(n, modules) or _writes(n, modules)) and bool(n.args) and isinstance(
+            n.args[0], fx.Node)
+
+    problems = []
+    for node in graph.nodes:
+        if not _writes(node, modules) or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        written = node.args[0]
+        base = written
+        while linked(base):
+            base = base.args[0]  # type: ignore[assignment]
+        if base.op == "get_attr":
+            problems.append((node, f"writes the model's own tensor {base.target!r} in place"))
+            continue
+        family, stack = set(), [base]
+        while stack:  # every view of the base, and views of views
+            n = stack.pop()
+            family.add(n)
+            stack.extend(u for u in n.users if linked(u) and u.args[0] is n and u not in family)
+        stale = sorted(
+            (n for n in family if n is not written and order[n] < order[node]
+             and any(order[u] > order[node] for u in n.users)),
+            key=order.__getitem__,
+        )
+        if stale:
+            names = ", ".join(repr(n.name) for n in stale)
+            problems.append((node, f"writes {written.name!r} in place, and {names} (the same "
+                                   "memory under another name) is read afterwards"))
+    if problems:
+        from lrpfx.passes.check import source_line  # the passes import lrpfx; import late
+
+        lines = []
+        for node, why in problems:
+            line = source_line(node)
+            lines.append(f"{node.name} ({node.target}){f' at {line}' if line else ''}: {why}")
+        raise UnsupportedOperationError(
+            lines, "Fix: write these ops out of place (y = x.relu() instead of x.relu_(), "
+            "y = x + z instead of x += z, nn.ReLU() instead of nn.ReLU(inplace=True)); lrpfx "
+            "runs every op out of place and cannot reproduce writes seen through another name.")

@@ -16,9 +16,9 @@ from lrpfx.errors import UnsupportedOperationError
 from lrpfx.ops.registry import lookup
 
 HINT = (
-    "Fix: register a relevance implementation with @lrpfx.ops.register(<op>, kind=..., "
-    "rules=...), give the node a supported rule in the composite, or mark a submodule that "
-    "contains the op as a leaf (leaf_modules=[...]) and register that module."
+    "Fix: register a relevance implementation with @lrpfx.register(<op or module class>, "
+    "kind=..., rules=(...)), give the node a supported rule in the composite, or mark a "
+    "submodule that contains the op as a leaf (leaf_modules=[...]) and register that module."
 )
 
 
@@ -33,15 +33,16 @@ def source_line(node: fx.Node) -> str:
     """The innermost frame of the node's stack trace outside torch: where the user wrote it."""
     frames = [t.strip() for t in (node.meta.get("stack_trace") or "").splitlines()
               if t.strip().startswith("File")]
-    mine = [f for f in frames if f"{os.sep}torch{os.sep}" not in f]
+    lrpfx_dir = os.path.dirname(meta.__file__) + os.sep  # the tracer's own frames
+    mine = [f for f in frames if f"{os.sep}torch{os.sep}" not in f and lrpfx_dir not in f]
     return (mine or [""])[-1]
 
 
 def _problem(node: fx.Node, modules: dict) -> str | None:
-    reason = node.meta.get("lrpfx.unsupported")
-    if reason:
-        return reason
     impl = lookup(node, modules)
+    reason = node.meta.get("lrpfx.unsupported")
+    if reason and not (node.op == "call_module" and impl is not None):  # a registered module
+        return reason
     if impl is None:
         return "no relevance implementation for this op"
     if not impl.takes_rule(node):

@@ -1,0 +1,363 @@
+"""What an explainer accepts, checked before it runs, and what it returns, checked after.
+
+Before the program runs, ``arguments`` refuses, naming the argument and the fix:
+
+- ``x``: not a tensor, not floating point (``TypeError``); another dtype than the explainer's
+  (``TypeError``), another device (``ValueError``); no batch dimension, an empty batch, NaN or
+  Inf, a rank or a channel/feature count the first layer does not take, or a shape on which
+  some later node fails (``ValueError``, naming that node and quoting torch's message).
+- ``target``: not an int or an integer tensor (``TypeError``); a tensor that is not 0-d or 1-d
+  with one class per sample, an index outside the model's output (``ValueError``); a target
+  together with an ``output_relevance`` tensor, which would silently win (``ValueError``).
+- ``output_relevance``: not a tensor or a callable, not floating point, another dtype
+  (``TypeError``); another device, another shape than the model output, NaN or Inf
+  (``ValueError``).
+
+The output shape for ``x`` is found without computing anything: the canonical forward graph is
+run on ``meta`` tensors, once per input shape and dtype (cached). Where that cannot be done
+(a user module that needs real values), the forward is run for real once per shape instead.
+
+After the program ran, ``finite`` makes sure no NaN or Inf comes out of finite inputs: it
+raises ``NonFiniteError`` naming the first node of the program that produced one, found by
+re-running the program node by node (only then), with the explanation attached.
+"""
+
+from __future__ import annotations
+
+import numbers
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from lrpfx import meta
+from lrpfx.errors import NonFiniteError
+from lrpfx.ops import functional as lf
+from lrpfx.ops.registry import lookup
+
+if TYPE_CHECKING:
+    from lrpfx.explainer import Explainer
+
+_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_POOLS = {
+    F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,
+    F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
+    F.adaptive_avg_pool3d: 3,
+}
+_SHAPES_CACHED = 64  # output shapes remembered per explainer
+_shapes: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple[Any, ...], torch.Size]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def arguments(explainer: Explainer, x: Any, target: Any, output_relevance: Any
+              ) -> torch.Tensor | None:
+    """Check the arguments of ``explainer(x, target, output_relevance=...)``; returns the target
+    as a LongTensor of one class per sample on ``x``'s device (or None for the argmax)."""
+    _check_x(explainer, x)
+    shape = output_shape(explainer.graph_module, x)
+    if output_relevance is not None:
+        _check_output_relevance(output_relevance, x, shape, target)
+    return _check_target(target, x, shape)
+
+
+# -- x ---------------------------------------------------------------------------------------------
+def _tensors(explainer: Explainer) -> Iterator[torch.Tensor]:
+    yield from explainer.program.buffers()
+    yield from explainer.program.parameters()
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"shape {tuple(x.shape)}"
+
+
+def _check_x(explainer: Explainer, x: Any) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor (a batch of inputs), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert it "
+                        "first, e.g. x.float() (and scale images to the model's input range)")
+    reference = next((t for t in _tensors(explainer) if t.is_floating_point()), None)
+    if reference is not None and x.device != reference.device:
+        raise ValueError(f"x is on {x.device} but the explainer is on {reference.device}; move "
+                         f"one of them: x.to('{reference.device}') or "
+                         f"explainer.to('{x.device}')")
+    if reference is not None and x.dtype != reference.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the explainer computes in {reference.dtype};"
+                        f" pass x.to({reference.dtype}) or convert the explainer with "
+                        f"explainer.to({x.dtype})")
+    if x.dim() == 0:
+        raise ValueError("x must be a batch with the batch dimension first, got a 0-d tensor")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch ({_describe(x)}); pass at least one sample")
+    _check_first_layers(explainer.graph_module, x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x contains {_count_nonfinite(x)}; lrpfx does not explain non-finite "
+                         "inputs: replace them first (torch.nan_to_num) or drop those samples")
+
+
+def _count_nonfinite(t: torch.Tensor) -> str:
+    bad = ~torch.isfinite(t)
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    return (f"{int(bad.sum())} NaN/Inf value(s) (NaN: {int(torch.isnan(t).sum())}, first at "
+            f"index {first})")
+
+
+class _Expectation(NamedTuple):
+    rank: int | None  # exact rank, None when only dims are known
+    dims: dict[int, int]  # dimension -> size
+    layer: str  # who expects it, for the message
+
+
+def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
+    """What the layers that read the input first expect of it, through elementwise ops."""
+    modules = dict(gm.named_modules())
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    frontier, seen = list(placeholder.users), set()
+    while frontier:
+        node = frontier.pop()
+        if node in seen or node.op != "call_function":
+            continue
+        seen.add(node)
+        layer = _where(node)
+        impl = lookup(node, modules)
+        if node.target in _CONVS:
+            weight = _attr(gm, node.args[1])
+            groups = node.args[6] if len(node.args) > 6 else 1
+            dims = {} if weight is None else {1: weight.shape[1] * int(groups)}  # type: ignore[call-overload]
+            yield _Expectation(_CONVS[node.target] + 2, dims, layer)  # type: ignore[index]
+        elif node.target in _POOLS:
+            yield _Expectation(_POOLS[node.target] + 2, {}, layer)  # type: ignore[index]
+        elif node.target is F.linear:
+            weight = _attr(gm, node.args[1])
+            yield _Expectation(None, {} if weight is None else {-1: weight.shape[1]}, layer)
+        elif node.target is lf.affine or (impl is not None and impl.kind == "activation"):
+            frontier.extend(node.users)
+
+
+def _where(node: fx.Node) -> str:
+    """``'features.0' (nn.Conv2d)``: a canonical node by its module path, else its name."""
+    path = node.meta.get(meta.PATH)
+    origin = node.meta.get(meta.ORIGIN) or getattr(node.target, "__name__", node.target)
+    return f"{path if path else node.name!r} ({origin})"
+
+
+def _attr(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    value: Any = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _check_first_layers(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    for rank, dims, layer in _first_layers(gm):
+        if rank is not None and x.dim() != rank:
+            layout = ("N, C, " + ", ".join("DHW"[3 - (rank - 2):])) if rank > 2 else "N, C"
+            hint = ("; add the batch dimension: x.unsqueeze(0)" if x.dim() == rank - 1 else "")
+            raise ValueError(f"x has {_describe(x)} but the first layer {layer} takes a batch "
+                             f"of rank {rank} ({layout}){hint}")
+        if rank is None and x.dim() < 2:
+            raise ValueError(f"x has {_describe(x)} but the first layer {layer} takes a batch "
+                             "(N, ..., features): the batch dimension comes first")
+        for dim, size in dims.items():
+            if x.shape[dim] != size:
+                what = "channels (dimension 1)" if dim == 1 else "features (last dimension)"
+                raise ValueError(f"x has {x.shape[dim]} {what}, {_describe(x)}, but the first "
+                                 f"layer {layer} takes {size}")
+
+
+# -- the output shape, without computing -----------------------------------------------------------
+class _Forward(fx.Interpreter):
+    """Runs the canonical forward graph, on meta tensors when ``on_meta``, remembering the node
+    it is at."""
+
+    def __init__(self, gm: fx.GraphModule, on_meta: bool) -> None:
+        super().__init__(gm)
+        self.on_meta = on_meta
+        self.node: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.node = n
+        return super().run_node(n)
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        value = super().get_attr(target, args, kwargs)
+        return value.to("meta") if self.on_meta and isinstance(value, torch.Tensor) else value
+
+
+def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> torch.Size:
+    """The shape of the model output for ``x`` (see the module docstring).
+
+    Raises:
+        ValueError: ``x`` does not fit the model; names the node that fails and quotes torch.
+    """
+    key = (tuple(x.shape), x.dtype)
+    cache = _shapes.setdefault(gm, {})
+    if key in cache:
+        return cache[key]
+    try:
+        with torch.no_grad():
+            out = _Forward(gm, on_meta=True).run(x.to("meta"))
+    except Exception:  # shape errors, and ops that need real values: ask the real forward
+        runner = _Forward(gm, on_meta=False)
+        try:
+            with torch.no_grad():
+                out = runner.run(x)
+        except Exception as error:
+            where = "" if runner.node is None else f" at {_where(runner.node)}"
+            message = str(error).split("\n\nWhile executing")[0]
+            raise ValueError(f"x of {_describe(x)} does not fit the model: it fails{where}: "
+                             f"{type(error).__name__}: {message}") from error
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model returns {type(out).__name__}, not one tensor")
+    if len(cache) >= _SHAPES_CACHED:
+        cache.clear()
+    cache[key] = out.shape
+    return out.shape
+
+
+# -- target and output relevance -------------------------------------------------------------------
+def _classes(shape: torch.Size, what: str) -> int:
+    if len(shape) < 2:
+        raise ValueError(f"{what} picks a class along dimension 1, but the model output has "
+                         f"shape {tuple(shape)}; pass output_relevance= instead")
+    return shape[1]
+
+
+def _check_target(target: Any, x: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    if target is None:
+        return None
+    n = x.shape[0]
+    if isinstance(target, bool) or not isinstance(target, numbers.Integral | torch.Tensor):
+        raise TypeError("target must be an int, an integer tensor with one class per sample, "
+                        f"or None (the argmax), got {type(target).__name__}")
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+        if target.dim() > 1 or (target.dim() == 1 and target.shape[0] != n):
+            raise ValueError(f"target has shape {tuple(target.shape)} but x has a batch of {n}; "
+                             "give one class per sample (a 1-d tensor of length "
+                             f"{n}) or one int for all")
+        target = target.to(device=x.device, dtype=torch.long).expand(n)
+    else:
+        target = torch.full((n,), int(target), dtype=torch.long, device=x.device)
+    classes = _classes(shape, "target")
+    low, high = int(target.min()), int(target.max())
+    if low < 0 or high >= classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"target {bad} is out of range: the model output has {classes} "
+                         f"classes along dimension 1 (shape {tuple(shape)}), valid targets are "
+                         f"0 to {classes - 1}")
+    return target
+
+
+def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size, target: Any) -> None:
+    if callable(r) and not isinstance(r, torch.Tensor):
+        return  # a seed function, run on the real output (lrpfx.targets)
+    if not isinstance(r, torch.Tensor):
+        raise TypeError("output_relevance must be a tensor shaped like the model output or a "
+                        f"callable (output, target) -> tensor, got {type(r).__name__}")
+    if target is not None:
+        raise ValueError("pass either target or an output_relevance tensor, not both: the "
+                         "tensor is used as it is, the target would be ignored")
+    if not r.is_floating_point():
+        raise TypeError(f"output_relevance must be floating point, got dtype {r.dtype}")
+    if r.dtype != x.dtype:
+        raise TypeError(f"output_relevance has dtype {r.dtype} but x has {x.dtype}; use one")
+    if r.device != x.device:
+        raise ValueError(f"output_relevance is on {r.device} but x is on {x.device}")
+    if r.shape != shape:
+        raise ValueError(f"output_relevance has shape {tuple(r.shape)} but the model output for "
+                         f"x of {_describe(x)} has shape {tuple(shape)}; give one value per "
+                         "output entry")
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError(f"output_relevance contains {_count_nonfinite(r)}")
+
+
+# -- after the run: no NaN or Inf out of finite inputs ---------------------------------------------
+class _FirstNonFinite(fx.Interpreter):
+    """Runs the program node by node and stops at the first node whose value is non-finite
+    while all its inputs are finite."""
+
+    class Found(Exception):
+        def __init__(self, node: fx.Node) -> None:
+            self.node = node
+
+    def __init__(self, program: fx.GraphModule) -> None:
+        super().__init__(program)
+        self.bad: set[fx.Node] = set()
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n.op in ("placeholder", "output") or not _nonfinite(value):
+            return value
+        if any(a in self.bad for a in n.all_input_nodes):
+            self.bad.add(n)
+            return value
+        raise self.Found(n)
+
+
+def _nonfinite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not bool(torch.isfinite(value).all())
+    if isinstance(value, tuple | list):
+        return any(_nonfinite(v) for v in value)
+    return False
+
+
+def _origin(program: fx.GraphModule, args: tuple[Any, ...]) -> fx.Node | None:
+    try:
+        with torch.no_grad():
+            _FirstNonFinite(program).run(*args)
+    except _FirstNonFinite.Found as found:
+        return found.node
+    return None
+
+
+def _hint(program: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> str:
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    model_output = output.args[0][0]  # type: ignore[index]
+    forward, stack = set(), [model_output]
+    while stack:
+        n = stack.pop()
+        if n not in forward:
+            forward.add(n)
+            stack.extend(n.all_input_nodes)
+    if node.op == "get_attr":
+        return "a parameter or buffer of the model is already NaN/Inf"
+    if node in forward:
+        return f"the model's own forward overflows there in {dtype}; explain in a wider dtype"
+    if node.target in (torch.div, torch.true_divide) or getattr(node.target, "__name__", "") in (
+            "truediv", "div"):
+        return ("a denominator z is 0 where the rule's stabilizer is 0 (or too small for "
+                f"{dtype}); give the rule a positive epsilon/stabilizer, e.g. rules.Epsilon(1e-6)")
+    return f"a value overflows {dtype} there; explain in a wider dtype"
+
+
+def finite(explainer: Explainer, explanation: Any, x: torch.Tensor, target: Any,
+           output_relevance: Any) -> Any:
+    """Return ``explanation`` if its output and relevance are finite, else raise
+    ``NonFiniteError`` saying where the first NaN/Inf came from."""
+    output, relevance = explanation[0], explanation[1]
+    if bool(torch.isfinite(relevance).all() & torch.isfinite(output).all()):
+        return explanation
+    rows = ~torch.isfinite(relevance.reshape(relevance.shape[0], -1)).all(1)
+    rows |= ~torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
+    samples = [int(i) for i in rows.nonzero()[:, 0]]
+    node = _origin(explainer.program, (x, target, output_relevance))
+    where = ""
+    if node is not None:
+        op = getattr(node.target, "__name__", str(node.target))
+        hint = _hint(explainer.program, node, x.dtype)
+        where = (f"; the first one comes from node {node.name!r} ({op}) of the relevance "
+                 f"program (print(explainer.code)): {hint}")
+    raise NonFiniteError(
+        f"the explanation contains NaN/Inf for sample(s) {samples} although x is finite{where}."
+        " The result is in this error's .explanation.",
+        explanation, None if node is None else node.name, samples,
+    )
