@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def video_frames(path: Path, frames: int) -> Iterator[torch.Tensor]:
     if path.suffix.lower() == ".gif":
         from torchvision.io import decode_gif, read_file
 
-        video = decode_gif(read_file(str(path)))
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            video = decode_gif(read_file(str(path)))
         yield from (video if video.dim() == 4 else video[None])[:frames]
         return
     yield from _opencv(str(path), frames)

@@ -78,7 +78,7 @@ def default_image() -> torch.Tensor:
     try:
         from sklearn.datasets import load_sample_image
 
-        return torch.from_numpy(load_sample_image("china.jpg")).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)
     except ImportError:
         y, x = torch.meshgrid(torch.linspace(0, 1, 240), torch.linspace(0, 1, 320), indexing="ij")
         disc = ((x - 0.6) ** 2 + (y - 0.45) ** 2 < 0.04).float()

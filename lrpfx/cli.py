@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not try to download pretrained weights")
     show = commands.add_parser("show", help="print the annotated graph of a model")
     _common(show)
-    demo = commands.add_parser("demo", help="run the digits demo (examples/digits.py)")
-    demo.add_argument("args", nargs=argparse.REMAINDER, help="passed to examples/digits.py")
+    commands.add_parser("demo", help="run the digits demo (examples/digits.py); further "
+                        "options (--epochs, --out) go to it")
     return parser
 
 
@@ -159,8 +159,8 @@ def _check_target(target: int | None, explainer: lrpfx.Explainer,
     if target is None:
         return
     with torch.no_grad():
-        classes = explainer.graph_module(torch.zeros(1, 3, args.size, args.size,
-                                                     device=args.device)).shape[1]
+        x = torch.zeros(1, 3, args.size, args.size, device=args.device, dtype=torch.float32)
+        classes = explainer.graph_module(x).shape[1]
     if not 0 <= target < classes:
         raise InputError(f"--target {target} is not a class of this model (0..{classes - 1})")
 
@@ -175,8 +175,10 @@ def _load(args: argparse.Namespace, console: Console, download: bool) -> LoadedM
 
 
 def _compile(args: argparse.Namespace, model: torch.nn.Module) -> lrpfx.Explainer:
-    return lrpfx.compile(model, composite_for(args.rules, args.top_k), maxpool=args.maxpool,
-                         strip_softmax=True)
+    """The explainer, in float32 as the images (the model itself is left as it is)."""
+    explainer = lrpfx.compile(model, composite_for(args.rules, args.top_k),
+                              maxpool=args.maxpool, strip_softmax=True)
+    return explainer.float()
 
 
 def explain_command(args: argparse.Namespace, console: Console) -> int:
@@ -231,7 +233,8 @@ def show_command(args: argparse.Namespace, console: Console) -> int:
     loaded = (load_model(args.arch, args.weights, download=False) if args.weights
               else LoadedModel(_build(args.arch), "random", True))
     explainer = _compile(args, loaded.model)
-    lrpfx.show(explainer, console, example=torch.zeros(1, 3, args.size, args.size))
+    example = torch.zeros(1, 3, args.size, args.size, dtype=torch.float32)
+    lrpfx.show(explainer, console, example=example)
     return 0
 
 
@@ -248,7 +251,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"the demo runs examples/digits.py from a source checkout; "
                          f"{script} is not there")
     saved = sys.argv
-    sys.argv = [str(script), *args.args]
+    sys.argv = [str(script), *args.extra]
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:
@@ -261,7 +264,11 @@ COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_comma
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     """Run the command line; returns the exit status (also the console script's)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     console = console or Console()
     try:
         return COMMANDS[args.command](args, console)

@@ -14,6 +14,7 @@ or ``(N, H, W)``; every map is normalized on its own; images are ``(N, 3 or 1, H
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +42,8 @@ def _anchors(cmap: str) -> tuple[torch.Tensor, torch.Tensor]:
     if cmap not in COLORMAPS:
         raise ValueError(f"unknown colormap {cmap!r}; choose from {', '.join(COLORMAPS)}")
     positions, colors = zip(*COLORMAPS[cmap], strict=True)
-    return torch.tensor(positions), torch.tensor(colors)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32)  # noqa: E731
+    return as_tensor(positions), as_tensor(colors)
 
 
 def colorize(values: torch.Tensor, cmap: str = "bwr") -> torch.Tensor:
@@ -129,7 +131,9 @@ def to_image(x: torch.Tensor, mean: tuple[float, ...] | None = None,
     given, else stretch each image's range to ``[0, 1]``; one channel becomes gray RGB."""
     x = x.detach().float().cpu()
     if mean is not None and std is not None:
-        x = x * torch.tensor(std).reshape(1, -1, 1, 1) + torch.tensor(mean).reshape(1, -1, 1, 1)
+        channels = (1, -1, 1, 1)
+        x = (x * torch.tensor(std, dtype=torch.float32).reshape(channels)
+             + torch.tensor(mean, dtype=torch.float32).reshape(channels))
     else:
         low = x.flatten(1).amin(1).reshape(-1, 1, 1, 1)
         high = x.flatten(1).amax(1).reshape(-1, 1, 1, 1)
@@ -164,10 +168,23 @@ def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
 
 def save_png(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
     """Save images ``(N, 3, H, W)`` (or one ``(3, H, W)``) in ``[0, 1]`` as one PNG grid."""
-    from torchvision.io import write_png
-
     picture = images if images.dim() == 3 else grid(images, nrow, padding)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_png((picture.clamp(0, 1) * 255).round().to(torch.uint8).cpu(), str(path))
+    write_png((picture.clamp(0, 1) * 255).round().to(torch.uint8).cpu(), path)
     return path
+
+
+def write_png(pixels: torch.Tensor, path: Path) -> None:
+    """``uint8`` ``(3, H, W)`` to a PNG file: torchvision.io, or Pillow where torchvision no
+    longer encodes images (its codecs are deprecated since 0.29)."""
+    try:
+        from torchvision.io import write_png as encode
+    except ImportError:
+        from PIL import Image
+
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format="PNG")
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
+        encode(pixels, str(path))

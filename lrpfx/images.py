@@ -12,6 +12,7 @@ import importlib.util
 import re
 import socket
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +62,26 @@ def load_image(path: Path) -> torch.Tensor:
     Raises:
         InputError: unreadable or not an image.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError, OSError) as error:
+        image = _decode(path)
+    except (RuntimeError, ValueError, OSError) as error:  # PIL's errors are OSError/ValueError
         raise InputError(f"{path}: not a readable image ({_reason(error)})") from None
     return image[0] if image.dim() == 4 else image
+
+
+def _decode(path: Path) -> torch.Tensor:
+    """torchvision.io's decoder, or Pillow where torchvision no longer decodes images."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+    except ImportError:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
 
 def _reason(error: Exception) -> str:
@@ -167,18 +181,16 @@ def load_weights(model: nn.Module, path: Path, arch: str) -> None:
         state = state.get("state_dict", state.get("model", state))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"--weights {path}: expected a state dict of tensors")
-    result = model.load_state_dict(state, strict=False)
-    shapes = _shape_mismatches(model, state)
-    if result.missing_keys or result.unexpected_keys or shapes:
-        problems = [f"{len(result.missing_keys)} missing ({_few(result.missing_keys)})",
-                    f"{len(result.unexpected_keys)} unexpected ({_few(result.unexpected_keys)})",
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        problems = [f"{len(missing)} missing ({_few(missing)})",
+                    f"{len(unexpected)} unexpected ({_few(unexpected)})",
                     f"{len(shapes)} of another shape ({_few(shapes)})"]
         raise InputError(f"--weights {path} does not fit {arch}: keys " + "; ".join(problems))
-
-
-def _shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    own = model.state_dict()
-    return [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    model.load_state_dict(state)
 
 
 def _few(keys: Iterable[str]) -> str:
