@@ -19,7 +19,19 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx import meta
-from lrpfx.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus
+from lrpfx.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gating,
+    LNRule,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    ZPlus,
+)
 
 LAYER_KINDS = ("conv", "dense")
 
@@ -66,6 +78,7 @@ EQUIVALENT_FUNCTIONS: dict[type[nn.Module], tuple[Callable[..., Any], ...]] = {
     nn.MaxPool1d: (F.max_pool1d,), nn.MaxPool2d: (F.max_pool2d,), nn.MaxPool3d: (F.max_pool3d,),
     nn.AvgPool1d: (F.avg_pool1d,), nn.AvgPool2d: (F.avg_pool2d,), nn.AvgPool3d: (F.avg_pool3d,),
     nn.AdaptiveAvgPool2d: (F.adaptive_avg_pool2d,),
+    nn.LayerNorm: (F.layer_norm,), nn.Softmax: (F.softmax,),
 }
 
 
@@ -167,13 +180,17 @@ class Composite:
         return f"{type(self).__name__}({len(self.entries)} entries)"
 
 
-def base_entries(stabilizer: float = 1e-6) -> list[Entry]:
-    """Defaults shared by the presets: activations pass, pools and sums normalize, BN passes."""
+def base_entries(stabilizer: float = 1e-6, ignore_bias: bool = False) -> list[Entry]:
+    """Defaults shared by the presets: activations pass, pools, sums and means normalize, BN
+    passes, products of a gate and a signal give all to the signal, LayerNorm takes the
+    LN-rule. ``ignore_bias`` drops the constants added in sums and LayerNorm biases."""
     return [
         (Kind("activation"), Pass()),
-        (Kind("add", "sum"), Norm(stabilizer)),
+        (Kind("add", "sum"), Norm(stabilizer, ignore_bias)),
         (Kind("avgpool", "maxpool"), Norm(stabilizer)),
         (Kind("batchnorm"), Pass()),
+        (Kind("mul"), Gating()),
+        (Kind("layernorm"), LNRule(stabilizer, ignore_bias)),
     ]
 
 
@@ -185,7 +202,7 @@ class EpsilonPlus(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6,
                  rules: UserRules = None, ignore_bias: bool = False) -> None:
         super().__init__(rules, [
-            *self.first(stabilizer, ignore_bias), *base_entries(stabilizer),
+            *self.first(stabilizer, ignore_bias), *base_entries(stabilizer, ignore_bias),
             (Kind("conv"), self.conv_rule(stabilizer, ignore_bias)),
             (Kind("dense"), Epsilon(epsilon, ignore_bias)),
         ])
@@ -235,7 +252,7 @@ class EpsilonGammaBox(Composite):
                  rules: UserRules = None, ignore_bias: bool = False) -> None:
         super().__init__(rules, [
             (First("conv"), ZBox(low, high, stabilizer, ignore_bias)),
-            *base_entries(stabilizer),
+            *base_entries(stabilizer, ignore_bias),
             (Kind("conv"), Gamma(gamma, stabilizer, ignore_bias)),
             (Kind("dense"), Epsilon(epsilon, ignore_bias)),
         ])
@@ -249,7 +266,8 @@ class EpsilonOnly(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6,
                  rules: UserRules = None, ignore_bias: bool = False) -> None:
         super().__init__(rules, [
-            *base_entries(stabilizer), (Kind(*LAYER_KINDS), Epsilon(epsilon, ignore_bias)),
+            *base_entries(stabilizer, ignore_bias),
+            (Kind(*LAYER_KINDS), Epsilon(epsilon, ignore_bias)),
         ])
 
 

@@ -255,3 +255,48 @@ class WSquare(Rule):
 @dataclass(frozen=True)
 class Pass(Rule):
     """Relevance passes unchanged (elementwise activations, unfolded BatchNorm)."""
+
+
+@dataclass(frozen=True)
+class LNRule(Rule):
+    """LN-rule for LayerNorm (Ali et al. 2022, "XAI for Transformers: Better Explanations
+    through Conservative Propagation", §3.2): the normalizer ``σ = sqrt(var(x) + eps)`` is
+    treated as a constant, so ``y = w ⊙ (x − mean(x)) / σ + b`` is linear in ``x`` with the
+    Jacobian ``W = diag(w / σ) (I − 1/N)`` over the normalized dimensions, and relevance flows
+    through the centered part in proportion to the contributions (LRP-ε on that linear map)::
+
+        s = R / stabilize(z),   z = y (or y − b with ignore_bias),
+        t = w ⊙ s / σ,          R_i = x_i (t_i − mean(t)).
+
+    With ``ignore_bias=True``, ``Σ R_in = Σ R_out`` up to the stabilizer.
+    """
+
+    stabilizer: float = 1e-6
+    ignore_bias: bool = False
+
+
+@dataclass(frozen=True)
+class Gating(Rule):
+    """How a product of two tensors ``a * b`` shares its relevance.
+
+    ``share="signal"`` (default): a factor produced by a sigmoid, hard sigmoid or softmax is a
+    gate (squeeze-excitation, ``x * sigmoid(x)``, LSTM-style gates); the other factor, the
+    signal, gets all the relevance (Arras et al. 2017, "signal-take-all"). When neither or both
+    factors are gates, the relevance is split in halves (the uniform rule of Achtibat et al.
+    2024). ``share="gate"`` gives everything to the gate instead, ``share="uniform"`` always
+    halves. A product with a constant (layer scale) needs no rule: relevance passes.
+    """
+
+    share: Literal["signal", "gate", "uniform"] = "signal"
+
+    def __post_init__(self) -> None:
+        if self.share not in ("signal", "gate", "uniform"):
+            raise ValueError(f"Gating share must be 'signal', 'gate' or 'uniform', "
+                             f"got {self.share!r}")
+
+    def shares(self, a_is_gate: bool, b_is_gate: bool) -> tuple[float, float]:
+        """The fractions of the relevance of ``a * b`` that go to ``a`` and to ``b``."""
+        if self.share == "uniform" or a_is_gate == b_is_gate:
+            return 0.5, 0.5
+        to_gate = self.share == "gate"
+        return (1.0, 0.0) if a_is_gate == to_gate else (0.0, 1.0)

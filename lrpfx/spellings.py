@@ -60,7 +60,7 @@ _ACTIVATION_MODULES: dict[type[nn.Module], Callable[[Any], Call]] = {
     nn.Sigmoid: lambda m: Call(torch.sigmoid, ()),
     nn.Tanh: lambda m: Call(torch.tanh, ()),
     nn.SiLU: lambda m: Call(F.silu, ()),
-    nn.GELU: lambda m: Call(F.gelu, (m.approximate,)),
+    nn.GELU: lambda m: Call(F.gelu, (), {"approximate": m.approximate}),
     nn.ELU: lambda m: Call(F.elu, (m.alpha,)),
     nn.SELU: lambda m: Call(F.selu, ()),
     nn.CELU: lambda m: Call(F.celu, (m.alpha,)),
@@ -139,19 +139,20 @@ def _pool_args(n: int, kernel: Any, stride: Any, padding: Any) -> tuple[Any, ...
     return kernel, tup(stride) if stride else kernel, tup(padding)
 
 
-def max_pool_call(n: int, kernel: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                  ceil_mode: bool = False, return_indices: bool = False) -> Converted:
+def max_pool_call(n: int, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                  dilation: Any = 1, ceil_mode: bool = False,
+                  return_indices: bool = False) -> Converted:
     if return_indices:
         return Unsupported("return_indices=True")
-    k, s, p = _pool_args(n, kernel, stride, padding)
+    k, s, p = _pool_args(n, kernel_size, stride, padding)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
     return Call(fn, (k, s, p, _ntuple(n)(dilation), ceil_mode))
 
 
-def avg_pool_call(n: int, kernel: Any, stride: Any = None, padding: Any = 0,
+def avg_pool_call(n: int, kernel_size: Any, stride: Any = None, padding: Any = 0,
                   ceil_mode: bool = False, count_include_pad: bool = True,
                   divisor_override: int | None = None) -> Converted:
-    k, s, p = _pool_args(n, kernel, stride, padding)
+    k, s, p = _pool_args(n, kernel_size, stride, padding)
     fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
     if n == 1:  # avg_pool1d has no divisor_override
         return Call(fn, (k, s, p, ceil_mode, count_include_pad))
@@ -201,3 +202,128 @@ def convert_module(module: nn.Module) -> Converted | Unsupported:
     if converter is None:
         return Unsupported(f"no relevance implementation for {type(module).__qualname__}")
     return converter(module)
+
+
+# -- n-ary arithmetic, reductions, routing, normalization (the "any graph" ops) -------------------
+# Canonical forms: ``operator.add/sub/mul/truediv``, ``torch.mean/sum(x, dims, keepdim)``,
+# ``torch.cat/stack(tensors, dim)``, ``torch.chunk/split/unbind``, ``torch.permute(x, dims)``,
+# ``torch.transpose``, ``torch.unsqueeze/squeeze``, ``torch.broadcast_to``, ``torch.narrow``,
+# ``torch.select``, ``F.pad(x, pad, "constant", value)``, ``F.softmax(x, dim)``,
+# ``F.layer_norm(x, shape, weight, bias, eps)``; stochastic depth is an identity at eval time.
+
+def _dims(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``permute(0, 2, 1)`` and ``permute((0, 2, 1))`` both mean the dims ``(0, 2, 1)``."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+def _reduce(fn: Callable[..., Any]) -> Callable[..., Converted]:
+    def bind(dim: Any = None, keepdim: bool = False, *, dtype: Any = None,
+             axis: Any = None) -> Converted:
+        if dtype is not None:
+            return Unsupported(f"{fn.__name__} with dtype={dtype}: cast before or after instead")
+        dim = axis if dim is None else dim
+        return Call(fn, (tuple(dim) if isinstance(dim, (list, tuple)) else dim, keepdim))
+    return bind
+
+
+def _with_dim(fn: Callable[..., Any], default: Any = 0) -> Callable[..., Converted]:
+    """``fn(x, dim)``: the dimension positional (``dim=`` and ``axis=`` accepted)."""
+    def bind(dim: Any = default, *, axis: Any = None) -> Converted:
+        return Call(fn, (dim if axis is None else axis,))
+    return bind
+
+
+def _arithmetic(fn: Callable[..., Any]) -> Callable[..., Converted]:
+    def bind(other: Any, *, alpha: Any = 1, rounding_mode: Any = None) -> Converted:
+        if alpha != 1:
+            return Unsupported(f"{fn.__name__} with alpha={alpha}: write the product explicitly")
+        if rounding_mode is not None:
+            return Unsupported(f"division with rounding_mode={rounding_mode!r}")
+        return Call(fn, (other,))
+    return bind
+
+
+def _split(size: Any = None, dim: int = 0, *, split_size_or_sections: Any = None,
+           split_size: Any = None) -> Converted:
+    sizes = next(s for s in (size, split_size_or_sections, split_size) if s is not None)
+    return Call(torch.split, (list(sizes) if isinstance(sizes, tuple) else sizes, dim))
+
+
+def _pad(pad: Any, mode: str = "constant", value: float | None = None) -> Converted:
+    if mode != "constant":
+        return Unsupported(f"F.pad with mode={mode!r}; only 'constant' is supported")
+    return Call(F.pad, (tuple(pad), "constant", 0.0 if value is None else value))
+
+
+def _layer_norm(normalized_shape: Any, weight: Any = None, bias: Any = None,
+                eps: float = 1e-5) -> Converted:
+    return Call(F.layer_norm, (tuple(normalized_shape), weight, bias, eps))
+
+
+def _softmax(dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Converted:
+    if dim is None or dtype is not None:
+        return Unsupported("softmax needs an explicit dim and no dtype")
+    return Call(F.softmax, (dim,))
+
+
+#: canonical function -> binder of its arguments after the input into the canonical positions
+BINDERS: dict[Callable[..., Any], Callable[..., Converted]] = {
+    operator.add: _arithmetic(operator.add), operator.sub: _arithmetic(operator.sub),
+    operator.mul: _arithmetic(operator.mul), operator.truediv: _arithmetic(operator.truediv),
+    torch.mean: _reduce(torch.mean), torch.sum: _reduce(torch.sum),
+    torch.cat: _with_dim(torch.cat), torch.stack: _with_dim(torch.stack),
+    torch.unbind: _with_dim(torch.unbind),
+    torch.chunk: lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)),
+    torch.split: _split,
+    torch.permute: lambda *dims, **k: Call(torch.permute, (_dims(dims or (k["dims"],)),)),
+    torch.transpose: lambda dim0, dim1: Call(torch.transpose, (dim0, dim1)),
+    torch.unsqueeze: lambda dim: Call(torch.unsqueeze, (dim,)),
+    torch.squeeze: lambda dim=None: Call(torch.squeeze, () if dim is None else (dim,)),
+    torch.broadcast_to: lambda *size, **k: Call(torch.broadcast_to, (_dims(size or (k["size"],)),)),
+    torch.narrow: lambda dim, start, length: Call(torch.narrow, (dim, start, length)),
+    torch.select: lambda dim, index: Call(torch.select, (dim, index)),
+    F.pad: _pad, F.layer_norm: _layer_norm, F.softmax: _softmax,
+}
+
+
+def bind(call: Call) -> Converted:
+    """``call`` with its arguments in the canonical positions of its function."""
+    binder = BINDERS.get(call.fn)
+    return binder(*call.args, **call.kwargs) if binder else call
+
+
+FUNCTION_ALIASES.update({
+    torch.add: operator.add, operator.iadd: operator.add,
+    torch.sub: operator.sub, torch.subtract: operator.sub, operator.isub: operator.sub,
+    torch.mul: operator.mul, torch.multiply: operator.mul, operator.imul: operator.mul,
+    torch.div: operator.truediv, torch.divide: operator.truediv,
+    torch.true_divide: operator.truediv, operator.itruediv: operator.truediv,
+    torch.concat: torch.cat, torch.concatenate: torch.cat,
+    torch.swapaxes: torch.transpose, torch.swapdims: torch.transpose,
+    torch.softmax: F.softmax, torch.special.softmax: F.softmax,
+})
+METHOD_ALIASES.update({
+    "add": operator.add, "add_": operator.add, "sub": operator.sub, "sub_": operator.sub,
+    "mul": operator.mul, "mul_": operator.mul, "div": operator.truediv, "div_": operator.truediv,
+    "multiply": operator.mul, "subtract": operator.sub, "divide": operator.truediv,
+    "mean": torch.mean, "sum": torch.sum, "chunk": torch.chunk, "split": torch.split,
+    "unbind": torch.unbind, "permute": torch.permute, "transpose": torch.transpose,
+    "swapaxes": torch.transpose, "swapdims": torch.transpose, "unsqueeze": torch.unsqueeze,
+    "squeeze": torch.squeeze, "expand": torch.broadcast_to, "narrow": torch.narrow,
+    "select": torch.select, "softmax": F.softmax, "hardswish": F.hardswish,
+})
+MODULES.update({
+    nn.LayerNorm: lambda m: (
+        Call(F.layer_norm, (tuple(m.normalized_shape), Param("weight", m.weight),
+                            Param("bias", m.bias), m.eps))
+        if type(m).forward is nn.LayerNorm.forward
+        else Unsupported(f"{type(m).__qualname__} overrides LayerNorm.forward; do not mark it "
+                         "as a leaf module, so its forward is traced")
+    ),
+    nn.Softmax: lambda m: _softmax(m.dim),
+})
+try:  # torchvision's stochastic depth is the identity at eval time
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+    DROPOUT_FUNCTIONS.add(_stochastic_depth)
+except ImportError:  # pragma: no cover  (torchvision is a dependency)
+    pass

@@ -92,7 +92,7 @@ def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | _Keep | Non
         if name in spellings.IDENTITY_METHODS:
             return None
         fn = spellings.METHOD_ALIASES.get(name)
-        return Call(fn, tuple(node.args[1:])) if fn else KEEP
+        return spellings.bind(Call(fn, tuple(node.args[1:]), dict(node.kwargs))) if fn else KEEP
     if node.op != "call_function":
         return KEEP
     if node.target in spellings.DROPOUT_FUNCTIONS or node.target in spellings.IDENTITY_FUNCTIONS:
@@ -101,9 +101,9 @@ def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | _Keep | Non
     if node.target in spellings.POOL_FUNCTIONS:
         return spellings.POOL_FUNCTIONS[node.target](*node.args[1:], **kwargs)
     fn = spellings.FUNCTION_ALIASES.get(node.target, node.target)  # type: ignore[arg-type]
-    if fn is node.target and not node.kwargs.get("inplace"):
+    if fn is node.target and not node.kwargs.get("inplace") and fn not in spellings.BINDERS:
         return KEEP
-    return Call(fn, tuple(node.args[1:]), kwargs)
+    return spellings.bind(Call(fn, tuple(node.args[1:]), kwargs))
 
 
 def _record(node: fx.Node, owner: _Owner) -> None:
