@@ -91,7 +91,9 @@ def bar(fraction: float, width: int, height: int) -> torch.Tensor:
     image = torch.ones(3, height, width)
     filled = int(round(min(max(fraction, 0.0), 1.0) * width))
     color = torch.tensor([0.1, 0.55, 0.2] if fraction <= 1 else [0.8, 0.2, 0.1])
-    image[:, height // 4 : height - height // 4, :filled] = color.reshape(3, 1, 1)
+    band = slice(height // 4, height - height // 4)
+    image[:, band, :] = 0.85  # the track: full width = the unoccluded score
+    image[:, band, :filled] = color.reshape(3, 1, 1)
     return image
 
 

@@ -34,9 +34,10 @@ def generated_video(frames: int, height: int = 240, width: int = 320) -> Iterato
     """``uint8`` RGB frames ``(3, H, W)``: a disc and a square crossing a color gradient."""
     y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
     background = torch.stack([0.3 + 0.4 * x, 0.5 + 0.2 * y, 0.8 - 0.4 * x])
+    aspect = width / height
     for t in torch.linspace(0, 1, frames):
         cx, cy = 0.15 + 0.7 * t, 0.5 + 0.25 * torch.sin(6.28 * t)
-        disc = ((x - cx) ** 2 + (y - cy) ** 2 < 0.015).float()
+        disc = (((x - cx) * aspect) ** 2 + (y - cy) ** 2 < 0.015).float()
         square = ((x - (0.85 - 0.6 * t)).abs() < 0.08) & ((y - 0.3).abs() < 0.1)
         frame = background * (1 - disc) + torch.tensor([0.95, 0.85, 0.1]).reshape(3, 1, 1) * disc
         frame = torch.where(square, torch.tensor([0.8, 0.1, 0.1]).reshape(3, 1, 1), frame)

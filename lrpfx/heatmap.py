@@ -143,7 +143,7 @@ def to_image(x: torch.Tensor, mean: tuple[float, ...] | None = None,
 
 
 def overlay(images: torch.Tensor, relevance: torch.Tensor, cmap: str = "bwr",
-            alpha: float = 0.8, symmetric: bool | None = None, reduce: Reduce = "sum",
+            alpha: float = 0.9, symmetric: bool | None = None, reduce: Reduce = "sum",
             quantile: float = 1.0) -> torch.Tensor:
     """The heatmap of ``relevance`` over ``images`` (RGB in ``[0, 1]``): the image in dimmed
     gray, each pixel taking the heatmap's color in proportion to its relevance (``alpha`` at
@@ -155,7 +155,7 @@ def overlay(images: torch.Tensor, relevance: torch.Tensor, cmap: str = "bwr",
         maps = upsample(maps.unsqueeze(1), tuple(images.shape[-2:])).squeeze(1)
     strength = ((maps - 0.5).abs() * 2 if symmetric else maps).unsqueeze(1)
     gray = images.detach().float().cpu().mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    base = 0.25 + 0.5 * gray
+    base = 0.15 + 0.7 * gray
     return base * (1 - alpha * strength) + colorize(maps, cmap).movedim(0, 1) * alpha * strength
 
 

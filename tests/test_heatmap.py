@@ -92,7 +92,7 @@ def test_overlay_keeps_the_picture_where_nothing_is_relevant():
     relevance[0, 0, 1, 1] = 2.0
     out = hm.overlay(images, relevance, alpha=1.0)
     gray = images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    expected = (0.25 + 0.5 * gray).float()
+    expected = (0.15 + 0.7 * gray).float()
     mask = torch.ones(4, 4, dtype=torch.bool)
     mask[1, 1] = False
     torch.testing.assert_close(out[..., mask], expected[..., mask])
