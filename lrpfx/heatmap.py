@@ -152,7 +152,7 @@ def overlay(images: torch.Tensor, relevance: torch.Tensor, cmap: str = "bwr",
     symmetric = cmap in DIVERGING if symmetric is None else symmetric
     maps = normalize(reduce_channels(relevance, reduce), symmetric, quantile)
     if maps.shape[-2:] != images.shape[-2:]:
-        maps = upsample(maps.unsqueeze(1), tuple(images.shape[-2:])).squeeze(1)
+        maps = upsample(maps.unsqueeze(1), (images.shape[-2], images.shape[-1])).squeeze(1)
     strength = ((maps - 0.5).abs() * 2 if symmetric else maps).unsqueeze(1)
     gray = images.detach().float().cpu().mean(1, keepdim=True).expand(-1, 3, -1, -1)
     base = 0.15 + 0.7 * gray

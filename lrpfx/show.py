@@ -89,7 +89,9 @@ def _op(node: fx.Node) -> str:
 def _notes(node: fx.Node) -> str:
     notes = []
     if node.meta.get(meta.FOLDED):
-        notes.append("folded BN " + ", ".join(node.meta[meta.FOLDED]))
+        path = str(node.meta.get(meta.PATH) or "")
+        folded = [_relative(str(bn), path) for bn in node.meta[meta.FOLDED]]
+        notes.append("folded " + ", ".join(f"BN {n}" if n.isdigit() else n for n in folded))
     mode = node.meta.get(meta.MAXPOOL)
     if mode:
         notes.append(MAXPOOL_NOTES.get(mode, mode))
@@ -98,6 +100,18 @@ def _notes(node: fx.Node) -> str:
     if node.meta.get(meta.NONNEG):
         notes.append("≥0")
     return "; ".join(notes)
+
+
+def _relative(path: str, to: str) -> str:
+    """``path`` without the module prefix it shares with ``to`` (``layer1.0.bn1`` next to
+    ``layer1.0.conv1`` is ``bn1``); a bare index keeps its parent (``downsample.1``)."""
+    parts, others = path.split("."), to.split(".")
+    common = 0
+    while common < min(len(parts), len(others)) - 1 and parts[common] == others[common]:
+        common += 1
+    if parts[common:] and parts[common].isdigit() and common > 0 and len(parts) - common == 1:
+        common -= 1
+    return ".".join(parts[common:])
 
 
 def _shape(node: fx.Node) -> str:
@@ -130,12 +144,12 @@ def table(explainer: Explainer, example: torch.Tensor | None = None) -> Table:
     with_shapes = any(_shape(n) for n in nodes)
     t = Table(title=summary(explainer), title_justify="left", box=box.SIMPLE_HEAD,
               pad_edge=False, title_style="bold")
-    t.add_column("node", no_wrap=True, style="cyan")
-    t.add_column("op", overflow="fold", max_width=14)
+    t.add_column("node", overflow="fold", style="cyan", max_width=24)
+    t.add_column("op", overflow="fold", max_width=13)
     t.add_column("rule", overflow="fold", style="green", min_width=16, ratio=2)
     if with_shapes:
         t.add_column("shape", no_wrap=True, style="dim")
-    t.add_column("notes", overflow="fold", style="yellow", ratio=1)
+    t.add_column("notes", overflow="fold", style="yellow", min_width=12, ratio=1)
     for node in nodes:
         row = [node.meta.get(meta.PATH) or node.name, _op(node), _rule(node)]
         row += [_shape(node)] if with_shapes else []

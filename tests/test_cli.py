@@ -181,3 +181,19 @@ def test_composites_for_imagenet_pixels():
                                / torch.tensor(images.IMAGENET_STD), check_dtype=False)
     assert isinstance(cli.composite_for("epsilon-plus", top_k=5), cli.filters.Filtered)
     assert isinstance(nn.Module(), nn.Module)
+
+
+def test_the_console_script_is_installed():
+    """pyproject's [project.scripts]; any installed copy of lrpfx's metadata (a stale egg-info
+    in the source tree may shadow the installed one) declares it."""
+    from importlib.metadata import distributions
+
+    scripts = {ep.value for d in distributions() if d.metadata["Name"] == "lrpfx"
+               for ep in d.entry_points if ep.group == "console_scripts" and ep.name == "lrpfx"}
+    assert scripts == {"lrpfx.cli:main"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message without a GPU")
+def test_cuda_without_a_gpu_is_one_error(folder, factory):
+    status, text = run("explain", folder, "--arch", factory, "--device", "cuda")
+    assert status == 2 and text.strip() == "lrpfx: error: --device cuda: no CUDA device is available"
