@@ -196,4 +196,5 @@ def test_the_console_script_is_installed():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message without a GPU")
 def test_cuda_without_a_gpu_is_one_error(folder, factory):
     status, text = run("explain", folder, "--arch", factory, "--device", "cuda")
-    assert status == 2 and text.strip() == "lrpfx: error: --device cuda: no CUDA device is available"
+    assert status == 2
+    assert text.strip() == "lrpfx: error: --device cuda: no CUDA device is available"
