@@ -27,7 +27,7 @@ class Builder:
         self.source = source
         self.graph = fx.Graph()
         self.env: dict[fx.Node, fx.Node] = {}
-        self.saved: dict[fx.Node, fx.Node] = {}
+        self.saved: dict[fx.Node, Any] = {}
         self.constants: dict[str, torch.Tensor] = {}
         self._attrs: dict[tuple[str, str], fx.Node] = {}
         self._names: set[str] = {"output"}

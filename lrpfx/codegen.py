@@ -17,6 +17,7 @@ from torch import fx, nn
 from lrpfx import meta, targets
 from lrpfx.builder import Builder
 from lrpfx.filters import FILTER
+from lrpfx.inplace import inplace, like
 from lrpfx.ops.registry import lookup
 
 
@@ -37,7 +38,7 @@ def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> f
 def _accumulate(b: Builder, rel: dict[fx.Node, fx.Node], node: fx.Node, value: fx.Node) -> None:
     """Sum the relevance arriving at ``node`` from its several users (fan-out)."""
     if node in rel:
-        value = b.call(operator.add, rel[node], value, name=f"rel_{b.name(node)}")
+        value = like(b.call(operator.add, rel[node], value, name=f"rel_{b.name(node)}"), 0, 1)
     rel[node] = value
 
 
@@ -89,5 +90,6 @@ def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx
     for node in b.graph.nodes:
         if node.op == "call_module":
             root.add_module(str(node.target), modules[str(node.target)])
+    inplace(b.graph)  # elementwise work into the program's own dead intermediates
     b.graph.lint()
     return fx.GraphModule(root, b.graph, "ExplainProgram")

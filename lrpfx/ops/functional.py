@@ -18,9 +18,23 @@ def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> 
     return y if shift is None else y + shift.reshape(shape)
 
 
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+def _signed_epsilon(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``epsilon * sign0(z)``: exactly ``±epsilon`` in ``z``'s dtype (``sign0(0) = +1``)."""
+    if isinstance(epsilon, torch.Tensor):
+        eps = epsilon.to(z.dtype)
+    else:
+        eps = torch.full((), epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, eps, -eps)
+
+
+def stabilize(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
     """``z + epsilon * sign0(z)`` with ``sign0(0) = +1``."""
-    return torch.where(z >= 0, z + epsilon, z - epsilon)
+    return z + _signed_epsilon(z, epsilon)
+
+
+def stabilize_(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``stabilize`` written into ``z`` (an intermediate nothing reads afterwards)."""
+    return z.add_(_signed_epsilon(z, epsilon))
 
 
 def conv_transpose(
@@ -96,10 +110,46 @@ def avg_pool(
     return pool(x, list(kernel_size), list(stride), list(padding), ceil_mode, True)
 
 
-def scatter_to_indices(r: torch.Tensor, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Winner-takes-all routing of a max-pool: each output's relevance goes to its argmax."""
-    flat = torch.zeros_like(x).flatten(2)
-    return flat.scatter_add(2, indices.flatten(2), r.flatten(2)).view_as(x)
+def scatter_to_indices(r: torch.Tensor, size: Sequence[int], indices: torch.Tensor) -> torch.Tensor:
+    """Winner-takes-all routing of a max-pool: each output's relevance goes to its argmax.
+
+    ``size`` is the pool input's shape (the program keeps the shape, not the input itself).
+    """
+    flat = r.new_zeros(size).flatten(2)
+    return flat.scatter_add_(2, indices.flatten(2), r.flatten(2)).view(size)
+
+
+def ones_sample(x: torch.Tensor) -> torch.Tensor:
+    """Ones shaped like one sample of ``x`` (batch 1): a constant input is the same for every
+    sample, so a layer's output on it is computed once and broadcast."""
+    return x.new_ones((1, *x.shape[1:]))
+
+
+def expand_sample(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A constant input (a bound) as one sample shaped like ``x``'s samples; a bound given per
+    sample keeps the batch."""
+    per_sample = value.dim() == x.dim() and value.shape[0] != 1
+    return value.expand_as(x) if per_sample else value.expand((1, *x.shape[1:]))
+
+
+def channel_sum(s: torch.Tensor) -> torch.Tensor:
+    """``s`` summed over its channels (dimension 1), keeping the dimension."""
+    return s.sum(1, keepdim=True)
+
+
+def one_channel(x: torch.Tensor) -> torch.Tensor:
+    """The first channel of ``x`` as a view (its shape with one channel)."""
+    return x.narrow(1, 0, 1)
+
+
+def ones_spatial(x: torch.Tensor) -> torch.Tensor:
+    """Ones of one sample and one channel with the spatial shape of ``x``."""
+    return x.new_ones((1, 1, *x.shape[2:]))
+
+
+def repeat_channels(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A one-channel ``c`` copied into every channel of a tensor shaped like ``x``."""
+    return c.expand_as(x).contiguous()
 
 
 def output_relevance(

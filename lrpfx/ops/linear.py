@@ -18,7 +18,9 @@ from torch import fx
 
 from lrpfx import meta
 from lrpfx.builder import Builder
+from lrpfx.inplace import like
 from lrpfx.ops import functional as lf
+from lrpfx.ops import shortcuts
 from lrpfx.ops.registry import Backward, Contribution, register
 from lrpfx.rules import (
     IDENTITY,
@@ -126,11 +128,19 @@ def _simplify(term: Term, nonneg: bool) -> Term | None:
 
 
 class _Inputs:
-    """The modified inputs of one node, each emitted once."""
+    """The modified inputs of one node, each emitted once.
 
-    def __init__(self, b: Builder, node: fx.Node, rule: Rule) -> None:
-        self.b, self.node, self.rule = b, node, rule
+    ``per_sample``: the op maps each sample on its own (conv, dense, affine), so a constant
+    input (ones, bounds) is given as one sample and its forward broadcast over the batch.
+    """
+
+    def __init__(self, b: Builder, node: fx.Node, rule: Rule, per_sample: bool = False) -> None:
+        self.b, self.node, self.rule, self.per_sample = b, node, rule, per_sample
         self.cache: dict[str, fx.Node] = {}
+
+    def full(self, kind: str) -> bool:
+        """Whether the variant ``kind`` in a forward has the input's full (batch) shape."""
+        return kind in ("x", "x+", "x-") or not self.per_sample
 
     def __call__(self, kind: str, for_forward: bool) -> fx.Node | None:
         """The input variant ``kind``; None stands for ones in a product (nothing to multiply)."""
@@ -150,13 +160,18 @@ class _Inputs:
         if kind == "x-":
             return b.call(torch.clamp, x, max=0, name=f"xneg_{b.name(n)}")
         if kind == "ones":
-            return b.call(torch.ones_like, x, name=f"ones_{b.name(n)}")
+            ones = lf.ones_sample if self.per_sample else torch.ones_like
+            return b.call(ones, x, name=f"ones_{b.name(n)}")
         if kind not in self.cache:  # the bound itself, shared by the forward and the product
             weight = b.tensor(n.args[1])  # type: ignore[arg-type]  # zB is for conv/dense
             bound = torch.as_tensor(getattr(self.rule, kind)).to(weight)
             self.cache[kind] = b.constant(bound, name=f"{b.name(n)}_{kind}")
         value = self.cache[kind]
-        return b.method("expand_as", value, x, name=f"{kind}_{b.name(n)}") if for_forward else value
+        if not for_forward:
+            return value
+        if self.per_sample:
+            return b.call(lf.expand_sample, value, x, name=f"{kind}_{b.name(n)}")
+        return b.method("expand_as", value, x, name=f"{kind}_{b.name(n)}")
 
 
 def _param(b: Builder, node: fx.Node, index: int | None, mod: Any) -> fx.Node | None:
@@ -166,24 +181,47 @@ def _param(b: Builder, node: fx.Node, index: int | None, mod: Any) -> fx.Node | 
     return b.attr(node.args[index], mod)  # type: ignore[arg-type]
 
 
-def _signed_sum(b: Builder, parts: list[tuple[float, fx.Node]], name: str) -> fx.Node:
-    """``±p0 ± p1 ± ...`` with infix operators, so the generated code reads as the formula."""
+def _signed_sum(b: Builder, parts: list[tuple[float, fx.Node]], name: str,
+                full: list[bool] | None = None) -> fx.Node:
+    """``±p0 ± p1 ± ...`` with infix operators, so the generated code reads as the formula.
+
+    ``full[i]``: part ``i`` has the result's shape (False: one sample, broadcast).
+    """
+    full = full or [True] * len(parts)
     (first_sign, total), *rest = parts
+    total_full = full[0]
     if first_sign < 0:
         total = b.call(operator.neg, total, name=name)
-    for sign, part in rest:
+    for (sign, part), part_full in zip(rest, full[1:], strict=True):
         total = b.call(operator.add if sign > 0 else operator.sub, total, part, name=name)
+        like(total, *(i for i, f in enumerate((total_full, part_full)) if f))
+        total_full = total_full or part_full
     return total
 
 
-def _reuses_forward(op: LinearOp, node: fx.Node, terms: list[Term]) -> bool:
-    """True when the group's ``z`` is the node's own forward output."""
-    if not op.output_is_z or len(terms) != 1:
+def _reuses_forward(op: LinearOp, node: fx.Node, term: Term) -> bool:
+    """True when the term's forward is the node's own forward output."""
+    if not op.output_is_z or term.input != "x" or term.weight != IDENTITY:
         return False
-    if terms[0].input != "x" or terms[0].weight != IDENTITY:
-        return False
-    has_bias = op.bias is not None and node.args[op.bias] is not None
-    return terms[0].bias == IDENTITY or not has_bias
+    return term.bias == IDENTITY or not _biased(op, node)
+
+
+def _biased(op: LinearOp, node: fx.Node) -> bool:
+    return op.bias is not None and node.args[op.bias] is not None
+
+
+def _z(b: Builder, op: LinearOp, node: fx.Node, terms: list[Term],
+       inputs: _Inputs) -> tuple[fx.Node, bool]:
+    """A group's ``z`` (its terms' forwards summed) and whether it has the full batch shape."""
+    parts, full = [], []
+    for t in terms:
+        if _reuses_forward(op, node, t):
+            parts.append((t.sign, b[node]))
+        else:
+            weight, bias = _param(b, node, op.weight, t.weight), _param(b, node, op.bias, t.bias)
+            parts.append((t.sign, op.forward(b, node, inputs(t.input, True), weight, bias)))
+        full.append(inputs.full(t.input))
+    return _signed_sum(b, parts, f"z_{b.name(node)}", full), any(full)
 
 
 def std_epsilon(z: torch.Tensor, factor: float) -> torch.Tensor:
@@ -209,28 +247,30 @@ def _group(
     terms = [t for t in (_simplify(t, nonneg) for t in group.terms) if t is not None]
     if not terms:
         return None
-    if _reuses_forward(op, node, terms):
-        z = b[node]
-    else:
-        zs = [
-            (t.sign, op.forward(b, node, inputs(t.input, True), _param(b, node, op.weight,
-             t.weight), _param(b, node, op.bias, t.bias)))
-            for t in terms
-        ]
-        z = _signed_sum(b, zs, f"z_{b.name(node)}")
     tag = b.name(node)
-    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, _stabilizer(b, rule, z, tag),
-                                             name=f"z_{tag}"), name=f"s_{b.name(node)}")
+    plain = group.coefficient == 1.0 and group.where is None
+    if plain and shortcuts.flat_convolution(b, node, terms):
+        return shortcuts.flat_conv(b, node, rel, rule.stabilizer)
+    z, full = _z(b, op, node, terms, inputs)
+    epsilon = _stabilizer(b, rule, z, tag)
+    if shortcuts.nonnegative(terms, nonneg, op.weight is not None, _biased(op, node)):
+        z = like(b.call(operator.add, z, epsilon, name=f"z_{tag}"), 0)  # z >= 0: z + ε sign0(z)
+    else:
+        z = b.call(lf.stabilize, z, epsilon, name=f"z_{tag}")
+    s = like(b.call(operator.truediv, rel, z, name=f"s_{tag}"), *((0, 1) if full else (0,)))
     if group.where is not None:
         compare = operator.gt if group.where == "z>0" else operator.lt
-        s = b.call(operator.mul, s, b.call(compare, b[node], 0, name=f"mask_{b.name(node)}"),
-                   name=f"s_{b.name(node)}")
+        s = like(b.call(operator.mul, s, b.call(compare, b[node], 0, name=f"mask_{tag}"),
+                        name=f"s_{tag}"), 0)
     parts = []
     for t in terms:
         c = op.transpose(b, node, s, _param(b, node, op.weight, t.weight))
         x = inputs(t.input, False)
-        parts.append((t.sign, c if x is None else b.call(operator.mul, x, c, name=f"r_{tag}")))
-    r = _signed_sum(b, parts, f"r_{b.name(node)}")
+        if x is not None:  # c has the input's shape; a bound x may be smaller
+            c = like(b.call(operator.mul, x, c, name=f"r_{tag}"),
+                     *((0, 1) if t.input in ("x", "x+", "x-") else (1,)))
+        parts.append((t.sign, c))
+    r = _signed_sum(b, parts, f"r_{tag}")
     if group.coefficient != 1.0:
         r = b.call(operator.mul, r, group.coefficient, name=f"r_{b.name(node)}")
     return r
@@ -244,7 +284,7 @@ def linear_rule(op: LinearOp) -> Backward:
         assert isinstance(x, fx.Node)
         if isinstance(rule, Pass):
             return [(x, rel)]
-        inputs = _Inputs(b, node, rule)
+        inputs = _Inputs(b, node, rule, per_sample=op.weight is not None)
         parts = [_group(b, op, node, rel, rule, g, inputs) for g in rule.groups()]
         present = [(1.0, p) for p in parts if p is not None]
         if not present:
@@ -279,9 +319,10 @@ def _max_pool_forward(b: Builder, node: fx.Node) -> fx.Node:
         return b.copy(node)
     pooled = b.call(_MAX_POOL_WITH_INDICES[node.target], *b.map(node.args),  # type: ignore[index]
                     name=f"{meta.display_name(node)}_with_indices")
-    b.saved[node] = b.call(
-        operator.getitem, pooled, 1, name=f"indices_{meta.display_name(node)}"
-    )
+    indices = b.call(operator.getitem, pooled, 1, name=f"indices_{meta.display_name(node)}")
+    # the input's shape, not the input: the backward needs no more, and the input is freed
+    size = b.method("size", b[node.args[0]], name=f"size_{meta.display_name(node)}")
+    b.saved[node] = (indices, size)
     return b.call(operator.getitem, pooled, 0, name=meta.display_name(node))
 
 
@@ -297,7 +338,8 @@ def _max_pool(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule | None) -> lis
     x = node.args[0]
     assert isinstance(x, fx.Node)
     if node.meta.get(meta.MAXPOOL) == "wta":
-        routed = b.call(lf.scatter_to_indices, rel, b[x], b.saved[node], name=f"r_{b.name(node)}")
+        indices, size = b.saved[node]
+        routed = b.call(lf.scatter_to_indices, rel, size, indices, name=f"r_{b.name(node)}")
         return [(x, routed)]
     assert rule is not None
     return list(_average(b, node, rel, rule))

@@ -1,0 +1,143 @@
+"""The speed work changes no result: in-place elementwise work, known signs, the flat shortcut,
+max-pool routing from the input's shape. Each is compared with the program without it."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+from torch import fx, nn
+
+import lrpfx
+from lrpfx import codegen, composites, inplace
+from lrpfx.ops import shortcuts
+
+PRESETS = {
+    "epsilon-plus-flat": composites.EpsilonPlusFlat,
+    "epsilon-plus": composites.EpsilonPlus,
+    "epsilon-alpha2-beta1": composites.EpsilonAlpha2Beta1,
+    "epsilon-gamma-box": lambda: composites.EpsilonGammaBox(-3.0, 3.0),
+}
+
+
+class Net(nn.Module):
+    """Conv/BN/ReLU, a max-pool, a residual add, an average pool and two dense layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2)
+        self.conv3 = nn.Conv2d(6, 8, 3, stride=2)
+        self.avg = nn.AdaptiveAvgPool2d(2)
+        self.fc1 = nn.Linear(32, 12)
+        self.fc2 = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        h = torch.relu(h + self.conv2(h))
+        h = torch.relu(self.conv3(h))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.avg(h), 1))))
+
+
+@pytest.fixture(scope="module")
+def net_and_input():
+    torch.manual_seed(3)
+    model = Net().double()
+    with torch.no_grad():
+        model.bn1.running_mean.normal_(0, 0.3)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    return model.eval(), torch.randn(3, 3, 13, 13, dtype=torch.float64)
+
+
+def _explain(model, x, preset, maxpool):
+    return lrpfx.compile(model, PRESETS[preset](), maxpool=maxpool)(x).relevance
+
+
+@pytest.mark.parametrize("maxpool", ["avg", "wta"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_in_place_and_known_signs_change_no_bit(net_and_input, preset, maxpool, monkeypatch):
+    model, x = net_and_input
+    fast = _explain(model, x, preset, maxpool)
+    monkeypatch.setattr(codegen, "inplace", lambda graph: graph)
+    monkeypatch.setattr(shortcuts, "nonnegative", lambda *args: False)
+    plain = _explain(model, x, preset, maxpool)
+    assert torch.equal(fast, plain)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 9), (2, 3, 7)])
+def test_flat_shortcut_equals_the_full_convolution(shape, monkeypatch):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1) if len(shape) == 4 else nn.Conv1d(3, 5, 3, 2, 2)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    model(x)
+    explainer = lrpfx.compile(model.eval(), "epsilon-plus-flat")
+    assert "channel_sum" in explainer.code
+    fast = explainer(x).relevance
+    monkeypatch.setattr(shortcuts, "flat_convolution", lambda *args: False)
+    full = lrpfx.compile(model, "epsilon-plus-flat")(x).relevance
+    torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-14)
+
+
+def test_inputs_and_recorded_relevances_are_not_overwritten(net_and_input):
+    model, x = net_and_input
+    given = torch.randn(3, 5, dtype=torch.float64)
+    x0, given0 = x.clone(), given.clone()
+    explainer = lrpfx.compile(model, "epsilon-plus", record=True)
+    out = explainer(x, output_relevance=given)
+    assert torch.equal(x, x0) and torch.equal(given, given0)
+    # a recorded relevance is an output: nothing downstream may have written into it
+    again = lrpfx.compile(model, "epsilon-plus", record=True)(x, output_relevance=given)
+    for name, value in out.layers.items():
+        assert torch.equal(value, again.layers[name]), name
+    assert torch.equal(out.layers["fc2"], given)
+
+
+def test_winner_takes_all_keeps_the_shape_not_the_pool_input():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.LazyLinear(2)).double()
+    model(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    program = lrpfx.compile(model.eval(), "epsilon-plus", maxpool="wta").program
+    relu = next(n for n in program.graph.nodes if str(n.target) in ("relu_", "relu"))
+    # the ReLU output is read by the max-pool and its size only, both in the forward
+    assert {getattr(u.target, "__name__", u.target) for u in relu.users} == {
+        "max_pool2d_with_indices", "size"}
+
+
+def _graph(op, like=None):
+    """``t = conv(x); out = op(t, y)``, with ``y`` a constant."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    w = g.get_attr("w")
+    t = g.call_function(torch.conv2d, (x, w))
+    y = g.get_attr("y")
+    out = g.call_function(op, (t, y))
+    if like is not None:
+        inplace.like(out, *like)
+    g.output(out)
+    return g, out
+
+
+def test_in_place_needs_a_stated_shape_for_two_tensors():
+    g, out = _graph(operator.mul)
+    inplace.inplace(g)
+    assert out.target is operator.mul  # a broadcast could make the result larger than t
+    g, out = _graph(operator.mul, like=(0,))
+    inplace.inplace(g)
+    assert out.target == "mul_"
+
+
+def test_in_place_leaves_shared_values_and_inputs_alone():
+    g = fx.Graph()
+    x = g.placeholder("x")
+    y = g.call_function(torch.relu, (x,))  # the input: never written
+    t = g.call_function(operator.mul, (y, 2.0))
+    u = g.call_function(operator.add, (t, 1.0))  # t is read again below
+    v = g.call_function(operator.sub, (u, 3.0))  # u is read by v alone: written in place
+    g.output((v, t))
+    inplace.inplace(g)
+    assert (y.target, t.target, u.target, v.target) == (torch.relu, "mul_", operator.add,
+                                                        "sub_")
