@@ -6,7 +6,7 @@
 >>> print(explainer.code)                 # the generated relevance program
 """
 
-from lrpfx import composites, filters, heatmap, rules, targets
+from lrpfx import composites, filters, heatmap, patterns, rules, targets
 from lrpfx.compiler import compile
 from lrpfx.errors import LrpfxError, TraceError, UnsupportedOperationError
 from lrpfx.explainer import Explainer, Explanation
@@ -25,6 +25,7 @@ __all__ = [
     "composites",
     "filters",
     "heatmap",
+    "patterns",
     "register",
     "rules",
     "show",

@@ -10,9 +10,10 @@ node (``kind``: ``"conv"``, ``"dense"``, ``"activation"``, ``"avgpool"``, ``"max
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from lrpfx.rules import (
     Flat,
     Gamma,
     Gating,
+    Gradient,
     LNRule,
     Norm,
     Pass,
@@ -32,6 +34,11 @@ from lrpfx.rules import (
     ZBox,
     ZPlus,
 )
+from lrpfx.rules import PatternAttribution as PatternAttributionRule
+from lrpfx.rules import PatternNet as PatternNetRule
+
+if TYPE_CHECKING:
+    from lrpfx.patterns import Patterns
 
 LAYER_KINDS = ("conv", "dense")
 
@@ -271,26 +278,87 @@ class EpsilonOnly(Composite):
         ])
 
 
+class PatternNet(Composite):
+    """PatternNet (Kindermans et al. 2018): ``rules.PatternNet`` (the fitted patterns in place of
+    the weights) on every conv and dense layer, ``rules.Gradient`` (the forward mask) on ReLUs.
+
+    Args:
+        patterns: from ``lrpfx.patterns.fit(model, loader, kind)``.
+        rules: user entries, tried first.
+
+    The paper follows the gradient through max-pools as well: compile with ``maxpool="wta"``
+    (with ``"avg"`` relevance crosses them as average pools; a warning says so). Average pools
+    and sums normalize, unfolded BatchNorms pass, as in the LRP presets.
+    """
+
+    name = "patternnet"
+    rule: type[PatternNetRule | PatternAttributionRule] = PatternNetRule
+
+    def __init__(self, patterns: Patterns, rules: UserRules = None,
+                 stabilizer: float = 1e-6) -> None:
+        super().__init__(rules, [
+            (Kind("activation"), Gradient()), *base_entries(stabilizer),
+            (Kind(*LAYER_KINDS), self.rule(patterns)),
+        ])
+
+    def rule_for(self, node: fx.Node, ctx: Context) -> Rule | None:
+        if ctx.kinds.get(node) == "maxpool" and node.meta.get(meta.MAXPOOL) == "avg":
+            warnings.warn(
+                f"{self.rule.__name__} follows the gradient through max-pools in the paper; "
+                "compile with maxpool='wta' for that (with 'avg' relevance crosses max-pools as "
+                "average pools)", stacklevel=2,
+            )
+        return super().rule_for(node, ctx)
+
+
+class PatternAttribution(PatternNet):
+    """PatternAttribution (Kindermans et al. 2018): ``rules.PatternAttribution`` (weights
+    ``w ⊙ a``) on every conv and dense layer, ``rules.Gradient`` on ReLUs; see ``PatternNet``.
+    The paper's PatternAttribution uses ``kind="positive"`` patterns."""
+
+    name = "patternattribution"
+    rule = PatternAttributionRule
+
+
 PRESETS: dict[str, type[Composite]] = {
     c.name: c for c in (EpsilonPlus, EpsilonPlusFlat, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
                         EpsilonGammaBox, EpsilonOnly)
 }
+# presets built from data: by name only with their patterns, resolve(name, patterns=...)
+FITTED: dict[str, type[Composite]] = {c.name: c for c in (PatternNet, PatternAttribution)}
 
 Spec = Composite | str | Rule | Mapping[Key, Rule] | Sequence[Entry]
 
 
-def resolve(spec: Spec) -> Composite:
-    """A composite from a preset name, a composite, one rule for every layer, or a map."""
+def resolve(spec: Spec, **options: Any) -> Composite:
+    """A composite from a preset name, a composite, one rule for every layer, or a map.
+
+    ``options`` go to a preset given by name: ``resolve("patternnet", patterns=p)``. A pattern
+    rule given alone means its preset (``PatternNet``/``PatternAttribution``, ReLU masks included).
+    """
+    if options and not isinstance(spec, str):
+        raise TypeError(f"options ({', '.join(options)}) are for a preset given by name, not "
+                        f"for a {type(spec).__name__}")
     if isinstance(spec, Composite):
         return spec
     if isinstance(spec, str):
         key = spec.lower().replace("_", "-")
-        if key not in PRESETS:
-            raise ValueError(f"unknown composite {spec!r}; presets: {', '.join(PRESETS)}")
-        if key == "epsilon-gamma-box":
+        if key not in PRESETS and key not in FITTED:
+            raise ValueError(f"unknown composite {spec!r}; presets: "
+                             f"{', '.join([*PRESETS, *FITTED])}")
+        if key == "epsilon-gamma-box" and not options:
             raise ValueError("'epsilon-gamma-box' needs the input bounds: pass "
                              "lrpfx.composites.EpsilonGammaBox(low=..., high=...)")
-        return PRESETS[key]()
+        if key in FITTED:
+            if "patterns" not in options:
+                raise ValueError(f"{key!r} needs fitted patterns: resolve({key!r}, patterns=p) "
+                                 f"or lrpfx.composites.{FITTED[key].__name__}(p), with "
+                                 "p = lrpfx.patterns.fit(model, loader)")
+            return FITTED[key](**options)
+        return PRESETS[key](**options)
+    if isinstance(spec, (PatternNetRule, PatternAttributionRule)):
+        preset = PatternNet if isinstance(spec, PatternNetRule) else PatternAttribution
+        return preset(spec.patterns)
     if isinstance(spec, Rule):
         return EpsilonOnly(rules={Kind(*LAYER_KINDS): spec})
     return EpsilonOnly(rules=spec)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from lrpfx.patterns import Patterns
 
 Input = Literal["x", "x+", "x-", "ones", "low", "high"]
 
@@ -300,3 +303,46 @@ class Gating(Rule):
             return 0.5, 0.5
         to_gate = self.share == "gate"
         return (1.0, 0.0) if a_is_gate == to_gate else (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Gradient(Rule):
+    """The gradient through an elementwise activation: ``R_in = f'(x) ⊙ R_out``.
+
+    For ReLU that is the forward's mask ``1[x > 0]``. PatternNet and PatternAttribution
+    (Kindermans et al. 2018, §5) pass through the nonlinearities as the gradient does; unlike
+    LRP, whose layer backward multiplies by the input (so a dead unit gets no relevance and
+    ``Pass`` suffices), their layer backward does not, so the mask must be applied here. Defined
+    for the piecewise-linear activations: ReLU, ReLU6, Hardtanh, LeakyReLU.
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class PatternNet(Rule):
+    """PatternNet (Kindermans et al. 2018, "Learning how to explain neural networks", §5):
+    the signal is projected back with the fitted patterns in place of the weights,
+    ``R_in = aᵀ R`` (a transposed convolution for conv layers), bias unused.
+
+    With the output relevance ``y`` this is the signal estimate ``s = a y`` of a linear model;
+    in a network the ReLUs pass it by their forward mask (``Gradient``, set by the
+    ``composites.PatternNet`` preset). ``patterns`` come from ``lrpfx.patterns.fit`` (kind
+    ``"linear"``: estimator ``S_a``; ``"positive"``: ``S_a+-``).
+    """
+
+    patterns: Patterns
+
+
+@dataclass(frozen=True, eq=False)
+class PatternAttribution(Rule):
+    """PatternAttribution (Kindermans et al. 2018, §5): deep Taylor decomposition with the
+    root point ``x0 = x − a y`` the signal estimator gives, ``R_in = (w ⊙ a)ᵀ R``.
+
+    It is LRP-0 with the input replaced by the signal: ``R_i = sum_j (a_j y_j)_i w_ji R_j /
+    sum_i' (a_j y_j)_i' w_ji'``, and since the patterns are normalized, ``w_jᵀ a_j = 1``, this is
+    ``sum_j w_ji a_ji R_j``: conservative unit by unit, weights ``w ⊙ a`` computed once.
+    The paper's PatternAttribution uses the ``"positive"`` patterns (``S_a+-``, fitted on the
+    regime ``y > 0`` where the ReLU lets the signal through); ``"linear"`` patterns (``S_a``)
+    fit in the same formula. ReLUs pass by their forward mask (``Gradient``).
+    """
+
+    patterns: Patterns
