@@ -148,7 +148,7 @@ class _Inputs:
             return self.b[self.node.args[0]]
         if kind == "ones" and not for_forward:
             return None
-        key = f"{kind}/{for_forward}"
+        key = kind if kind in ("x+", "x-") else f"{kind}/{for_forward}"  # x± serve both
         if key not in self.cache:
             self.cache[key] = self._emit(kind, for_forward)
         return self.cache[key]
@@ -238,19 +238,23 @@ def _stabilizer(b: Builder, rule: Rule, z: fx.Node, tag: str) -> float | fx.Node
     return rule.stabilizer
 
 
+# one transposed term: (input variant, factor, c); the input relevance is Σ factor · in(x) · c
+Transposed = tuple[str, float, fx.Node]
+
+
 def _group(
     b: Builder, op: LinearOp, node: fx.Node, rel: fx.Node, rule: Rule, group: Group,
     inputs: _Inputs,
-) -> fx.Node | None:
-    """The input relevance of one group of a rule."""
+) -> list[Transposed]:
+    """The transposed terms of one group of a rule."""
     nonneg = bool(node.args[0].meta.get(meta.NONNEG))  # type: ignore[union-attr]
     terms = [t for t in (_simplify(t, nonneg) for t in group.terms) if t is not None]
     if not terms:
-        return None
+        return []
     tag = b.name(node)
     plain = group.coefficient == 1.0 and group.where is None
     if plain and shortcuts.flat_convolution(b, node, terms):
-        return shortcuts.flat_conv(b, node, rel, rule.stabilizer)
+        return [("ones", 1.0, shortcuts.flat_conv(b, node, rel, rule.stabilizer))]
     z, full = _z(b, op, node, terms, inputs)
     epsilon = _stabilizer(b, rule, z, tag)
     if shortcuts.nonnegative(terms, nonneg, op.weight is not None, _biased(op, node)):
@@ -262,18 +266,33 @@ def _group(
         compare = operator.gt if group.where == "z>0" else operator.lt
         s = like(b.call(operator.mul, s, b.call(compare, b[node], 0, name=f"mask_{tag}"),
                         name=f"s_{tag}"), 0)
+    return [(t.input, group.coefficient * t.sign,
+             op.transpose(b, node, s, _param(b, node, op.weight, t.weight))) for t in terms]
+
+
+def _relevance(b: Builder, node: fx.Node, transposed: list[Transposed],
+               inputs: _Inputs) -> fx.Node:
+    """``Σ_variants in(x) · Σ factor · c``: the transposes of one input variant are summed
+    before the product (α-β or γ on a ReLU output: one product for both groups)."""
+    tag = b.name(node)
+    kinds: dict[str, list[tuple[float, fx.Node]]] = {}
+    for kind, factor, c in transposed:
+        kinds.setdefault(kind, []).append((factor, c))
     parts = []
-    for t in terms:
-        c = op.transpose(b, node, s, _param(b, node, op.weight, t.weight))
-        x = inputs(t.input, False)
-        if x is not None:  # c has the input's shape; a bound x may be smaller
+    for kind, items in kinds.items():
+        sign = 1.0 if items[0][0] > 0 else -1.0  # the first sign goes to the outer sum
+        scaled = []
+        for factor, c in items:
+            if abs(factor) != 1.0:
+                c = b.call(operator.mul, c, abs(factor), name=f"c_{tag}")
+            scaled.append((1.0 if factor * sign > 0 else -1.0, c))
+        c = _signed_sum(b, scaled, f"c_{tag}")
+        x = inputs(kind, False)
+        if x is not None:  # c has the input's shape; a bound may be smaller
             c = like(b.call(operator.mul, x, c, name=f"r_{tag}"),
-                     *((0, 1) if t.input in ("x", "x+", "x-") else (1,)))
-        parts.append((t.sign, c))
-    r = _signed_sum(b, parts, f"r_{tag}")
-    if group.coefficient != 1.0:
-        r = b.call(operator.mul, r, group.coefficient, name=f"r_{b.name(node)}")
-    return r
+                     *((0, 1) if kind in ("x", "x+", "x-") else (1,)))
+        parts.append((sign, c))
+    return _signed_sum(b, parts, f"r_{tag}")
 
 
 def linear_rule(op: LinearOp) -> Backward:
@@ -285,11 +304,10 @@ def linear_rule(op: LinearOp) -> Backward:
         if isinstance(rule, Pass):
             return [(x, rel)]
         inputs = _Inputs(b, node, rule, per_sample=op.weight is not None)
-        parts = [_group(b, op, node, rel, rule, g, inputs) for g in rule.groups()]
-        present = [(1.0, p) for p in parts if p is not None]
-        if not present:
+        transposed = [t for g in rule.groups() for t in _group(b, op, node, rel, rule, g, inputs)]
+        if not transposed:
             return []
-        return [(x, _signed_sum(b, present, f"r_{b.name(node)}"))]
+        return [(x, _relevance(b, node, transposed, inputs))]
 
     return backward
 
