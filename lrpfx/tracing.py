@@ -235,9 +235,9 @@ def _warn_leaf_hooks(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         names = ", ".join(repr(h) for h in hooked[:3]) + (
             f" and {len(hooked) - 3} more" if hooked[3:] else "")
         warnings.warn(
-            f"the explainer does not run forward hooks of layers: {names} have some. A hook that "
-            "only observes is fine; one that changes a layer's input or output is not part of "
-            "the explanation (build its effect into the model instead).",
+            f"the explainer does not run forward hooks of layers, and these have some: {names}. "
+            "A hook that only observes is fine; one that changes a layer's input or output is "
+            "not part of the explanation (build its effect into the model instead).",
             stacklevel=4,
         )
 

@@ -1,5 +1,17 @@
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "short" (the default: few examples, derandomized so CI is repeatable) and
+# "long" for deep runs: python -m pytest tests/test_fuzz.py --hypothesis-profile=long
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("short", max_examples=30, deadline=None, derandomize=True,
+                          database=None, suppress_health_check=_SLOW_OK, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=_SLOW_OK, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "short"))
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,8 @@ to do, and each documented fix (leaf_modules=, concrete_args=, lrpfx.register) w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.fx
@@ -249,3 +251,16 @@ def test_a_registered_function_makes_the_model_explainable(registry):
         rh = dense.epsilon(model.fc2.weight, model.fc2.bias, h, r2, 0.01)
         rx = dense.epsilon(model.fc1.weight, model.fc1.bias, x[i], rh, 0.01)
         torch.testing.assert_close(out.relevance[i], rx.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_the_readme_registry_example_runs(registry):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Your own modules and functions.**"):]
+    start = section.index("```python") + len("```python")
+    code = section[start:section.index("```", start)]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the documented example, as written
+    out, explainer = namespace["out"], namespace["explainer"]
+    assert out.relevance.shape == (4, 3, 8, 8) and torch.isfinite(out.relevance).all()
+    kept = [n for n in explainer.program.graph.nodes if n.op == "call_module"]
+    assert len(kept) == 1  # the Gate, called whole by the program
