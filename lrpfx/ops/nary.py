@@ -58,7 +58,8 @@ def _dims(x: torch.Tensor, dim: int | Sequence[int] | None) -> list[int]:
     return sorted(d % x.dim() for d in ([dim] if isinstance(dim, int) else dim))
 
 
-def _unsupported(node: fx.Node, why: str) -> UnsupportedOperationError:
+def unsupported(node: fx.Node, why: str) -> UnsupportedOperationError:
+    """The error for a node whose arguments this family cannot explain (raised at codegen)."""
     return UnsupportedOperationError(
         [f"{node.name} ({node.meta.get(meta.ORIGIN) or node.target}): {why}"],
         "Fix: rewrite the expression, or register an implementation with @lrpfx.register.",
@@ -125,7 +126,7 @@ def _scale(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribu
         return []
     x = node.args[0]
     if node.target is operator.truediv and carries(node.args[1]):
-        raise _unsupported(node, "division by a tensor computed from the input")
+        raise unsupported(node, "division by a tensor computed from the input")
     if not carries(x):
         return []
     return [(x, b.call(unbroadcast, rel, b[x], name=f"r_{b.name(node)}"))]  # type: ignore[list-item]
@@ -135,7 +136,7 @@ def _scale(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribu
 def _integer(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     """Shape arithmetic (``channels // groups``) carries no relevance."""
     if not is_shape(node):
-        raise _unsupported(node, f"{getattr(node.target, '__name__', node.target)} of tensors "
+        raise unsupported(node, f"{getattr(node.target, '__name__', node.target)} of tensors "
                                  "has no relevance implementation")
     return []
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from lrpfx.builder import Builder
-from lrpfx.ops.nary import unbroadcast
+from lrpfx.ops.nary import unbroadcast, unsupported
 from lrpfx.ops.registry import Contribution, register
 from lrpfx.ops.values import carries, is_shape
 
@@ -42,7 +42,7 @@ def _basic(index: Any) -> bool:
 
 def index_transpose(r: torch.Tensor, x: torch.Tensor, index: Any) -> torch.Tensor:
     """The transpose of ``x[index]``: zeros shaped like ``x`` with ``r`` added at ``index``."""
-    out = torch.zeros_like(x)
+    out = torch.zeros(x.shape, dtype=r.dtype, device=r.device)
     if _basic(index):
         out[index] = r
         return out
@@ -101,7 +101,8 @@ _PIECES = {torch.chunk: chunk_transpose, torch.split: split_transpose,
 def _cat(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     """``cat(xs, d)``: each input gets its slice of ``R``; constants keep theirs."""
     xs, dim = node.args
-    assert isinstance(xs, (list, tuple))
+    if not isinstance(xs, (list, tuple)):
+        raise unsupported(node, "cat of a tuple-valued node; index its pieces: cat([t[0], t[1]])")
     pieces = b.call(split_as, rel, b.map(list(xs)), dim, name=f"r_{b.name(node)}")
     return [(x, b.call(operator.getitem, pieces, i, name=f"r_{b.name(node)}"))
             for i, x in enumerate(xs) if carries(x)]
@@ -111,7 +112,8 @@ def _cat(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contributi
 def _stack(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     """``stack(xs, d)``: ``R.unbind(d)``, one slice per input."""
     xs, dim = node.args
-    assert isinstance(xs, (list, tuple))
+    if not isinstance(xs, (list, tuple)):
+        raise unsupported(node, "stack of a tuple-valued node; index it: stack([t[0], t[1]])")
     pieces = b.call(torch.unbind, rel, dim, name=f"r_{b.name(node)}")
     return [(x, b.call(operator.getitem, pieces, i, name=f"r_{b.name(node)}"))
             for i, x in enumerate(xs) if carries(x)]
