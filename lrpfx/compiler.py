@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, filters, passes  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, filters, passes, validate  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
@@ -72,4 +72,6 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     gm = passes.maxpool(gm, maxpool)
     gm = passes.check(filters.unwrap(passes.annotate(gm, composite)))
     program = codegen.generate(gm, select(gm, record))
-    return Explainer(program, gm, composite, torch_compile)
+    explainer = Explainer(program, gm, composite, torch_compile)
+    explainer._versions.update(validate.versions(model, "model's"))  # later writes: refused
+    return explainer

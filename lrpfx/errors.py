@@ -40,3 +40,8 @@ class NonFiniteError(LrpfxError, FloatingPointError):
         self.explanation = explanation
         self.node = node
         self.samples = samples
+
+
+class StaleExplainerError(LrpfxError):
+    """A tensor of the program was written in place after compile (an optimizer step on the
+    model, whose tensors the program shares): its derived tensors are from before."""

@@ -53,6 +53,7 @@ class Explainer(nn.Module):
         self.graph_module = graph_module
         self.composite = composite
         self._run = torch.compile(program) if torch_compile else program
+        self._versions = validate.versions(self, "explainer's")  # to see in-place writes
 
     @property
     def code(self) -> str:
@@ -86,7 +87,9 @@ class Explainer(nn.Module):
                         assign: bool = False) -> Any:
         """Load saved program tensors by replacing this explainer's tensors, never by copying
         into them: they share memory with the model it was compiled from."""
-        return super().load_state_dict(state_dict, strict=strict, assign=True)
+        result = super().load_state_dict(state_dict, strict=strict, assign=True)
+        self._versions = validate.versions(self, "explainer's")  # the model's: gone
+        return result
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(

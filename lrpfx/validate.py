@@ -24,6 +24,7 @@ re-running the program node by node (only then), with the explanation attached.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import weakref
 from collections.abc import Iterator
@@ -31,10 +32,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from lrpfx import meta
-from lrpfx.errors import NonFiniteError
+from lrpfx.errors import NonFiniteError, StaleExplainerError
 from lrpfx.ops import functional as lf
 from lrpfx.ops.registry import lookup
 
@@ -57,11 +58,42 @@ def arguments(explainer: Explainer, x: Any, target: Any, output_relevance: Any
               ) -> torch.Tensor | None:
     """Check the arguments of ``explainer(x, target, output_relevance=...)``; returns the target
     as a LongTensor of one class per sample on ``x``'s device (or None for the argmax)."""
+    _check_unchanged(explainer)
     _check_x(explainer, x)
     shape = output_shape(explainer.graph_module, x)
     if output_relevance is not None:
         _check_output_relevance(output_relevance, x, shape, target)
     return _check_target(target, x, shape)
+
+
+# -- the program's tensors, unchanged since compile ------------------------------------------------
+Versions = dict[int, tuple["weakref.ref[torch.Tensor]", int, str]]
+
+
+def versions(module: nn.Module, owner: str = "explainer") -> Versions:
+    """The version counters of ``module``'s tensors by identity (an alias shares its original's
+    counter): an in-place write to any of them afterwards shows up as a new version."""
+    named = itertools.chain(module.named_buffers(), module.named_parameters())
+    return {id(t): (weakref.ref(t), t._version, f"{owner} tensor {name!r}") for name, t in named}
+
+
+def _check_unchanged(explainer: Explainer) -> None:
+    """Refuse to explain when the model, or a tensor of the program, was written in place since
+    compile: the tensors derived then (folded BatchNorm, w⁺, ...) would be out of date.
+
+    A BatchNorm's statistics are updated in training mode without a new version; its
+    ``num_batches_tracked`` counter shows the update. Writes through ``.data`` are not seen.
+    """
+    recorded: Versions = getattr(explainer, "_versions", {})
+    changed = [(label, t) for ref, version, label in recorded.values()
+               if (t := ref()) is not None and t._version != version]
+    if changed:
+        label = max(changed, key=lambda c: c[1].is_floating_point())[0]  # a weight if any
+        raise StaleExplainerError(
+            f"the model changed after it was compiled: the {label} was written in place (e.g. "
+            "by an optimizer step or a forward pass in training mode), so the tensors derived "
+            "from it at compile time (folded BatchNorm, modified weights) are out of date. "
+            "Compile the model again.")
 
 
 # -- x ---------------------------------------------------------------------------------------------

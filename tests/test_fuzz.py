@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import lrpfx
 from lrpfx import composites
 from tests import dense
+from tests.reference import Reference
 
 ACTIVATIONS = [nn.ReLU, lambda: nn.LeakyReLU(0.1), nn.Tanh, nn.Sigmoid, nn.ELU, nn.SiLU,
                nn.GELU, nn.Softplus, nn.ReLU6, nn.Hardswish]
@@ -306,3 +307,127 @@ def test_random_models_are_untouched_and_batches_are_per_sample(data):
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
 
+
+# -- graphs: residual adds and concatenations, against tests/reference.py --------------------------
+GRAPH_ACTIVATIONS = [nn.ReLU, lambda: nn.LeakyReLU(0.1), nn.Tanh, nn.ELU, nn.SiLU, nn.GELU,
+                     nn.ReLU6, nn.Hardswish]  # the ones the per-node reference passes
+
+
+def _conv_bn(draw, cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    modules: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2,
+                                          bias=draw(st.booleans()))]
+    if draw(st.booleans()):
+        modules.append(nn.BatchNorm2d(cout))
+        _randomize_bn(modules[-1], draw)
+    return nn.Sequential(*modules)
+
+
+class Block(nn.Module):
+    """A residual block (identity or 1×1-projection shortcut; the sum spelled ``spelling``) or
+    a concatenation of two branches (and the input)."""
+
+    def __init__(self, draw, channels: int) -> None:
+        super().__init__()
+        self.kind = draw(st.sampled_from(["residual", "projection", "concat"]))
+        self.spelling = draw(st.sampled_from(["+", "torch.add", "+=", "add_"]))
+        self.act = draw(st.sampled_from(GRAPH_ACTIVATIONS))()
+        if self.kind == "concat":
+            a, b = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+            self.a = _conv_bn(draw, channels, a, draw(st.sampled_from([1, 3])))
+            self.b = _conv_bn(draw, channels, b, draw(st.sampled_from([1, 3])))
+            self.with_input = draw(st.booleans())
+            self.out_channels = a + b + channels * self.with_input
+            return
+        out = channels if self.kind == "residual" else draw(st.integers(1, 3))
+        stride = 1 if self.kind == "residual" else draw(st.integers(1, 2))
+        self.a = _conv_bn(draw, channels, out, 3, stride)
+        self.b = _conv_bn(draw, out, out, 3)
+        self.shortcut = (nn.Identity() if self.kind == "residual"
+                         else _conv_bn(draw, channels, out, 1, stride))
+        self.out_channels = out
+
+    def forward(self, x):
+        if self.kind == "concat":
+            parts = [self.a(x), self.act(self.b(x))]
+            return torch.cat([*parts, x] if self.with_input else parts, 1)
+        out = self.b(self.act(self.a(x)))
+        skip = self.shortcut(x)
+        if self.spelling == "+":
+            out = out + skip
+        elif self.spelling == "torch.add":
+            out = torch.add(out, skip)
+        elif self.spelling == "+=":
+            out += skip
+        else:
+            out.add_(skip)
+        return self.act(out)
+
+
+class Head(nn.Module):
+    def __init__(self, draw, channels: int, classes: int) -> None:
+        super().__init__()
+        self.kind = draw(st.sampled_from(["mean", "adaptive", "maxpool"]))
+        self.pool = (nn.AdaptiveAvgPool2d(draw(st.integers(1, 2))) if self.kind == "adaptive"
+                     else nn.MaxPool2d(2, ceil_mode=True))
+        size = self.pool.output_size ** 2 if self.kind == "adaptive" else 1
+        self.fc = nn.LazyLinear(classes) if self.kind == "maxpool" else nn.Linear(
+            channels * size, classes)
+
+    def forward(self, x):
+        if self.kind == "mean":
+            return self.fc(x.mean((2, 3)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@st.composite
+def graphs(draw):
+    """A stem convolution, one or two blocks, a head: (model, input shape)."""
+    shape = (draw(st.integers(1, 2)), draw(st.integers(4, 5)), draw(st.integers(4, 5)))
+    channels = draw(st.integers(1, 3))
+    layers: list[nn.Module] = [_conv_bn(draw, shape[0], channels, 3), nn.ReLU()]
+    for _ in range(draw(st.integers(1, 2))):
+        layers.append(Block(draw, channels))
+        channels = layers[-1].out_channels
+    layers.append(Head(draw, channels, draw(st.integers(2, 4))))
+    model = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        model(torch.zeros((1, *shape)))  # sizes a lazy linear layer
+    return model, shape
+
+
+def out_of_place(model: nn.Module) -> nn.Module:
+    """A twin of ``model`` whose sums are spelled ``+`` (the reference re-runs each node on
+    fresh inputs, which in-place spellings would write)."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, Block):
+            m.spelling = "+"
+    return twin
+
+
+@settings(max_examples=max(6, settings.default.max_examples // 5))  # the reference is slow
+@given(data=st.data())
+def test_random_graphs_match_the_per_node_reference(data):
+    model, shape = data.draw(graphs(), label="graph")
+    preset, options = data.draw(presets(), label="preset")
+    x = torch.randn((1, *shape))
+    out = lrpfx.compile(model, PRESETS[preset](**options), maxpool="wta")(x)
+    with torch.no_grad():
+        expected_output = model(x.clone())
+    torch.testing.assert_close(out.output, expected_output, rtol=1e-10, atol=1e-12)
+    R = torch.zeros_like(out.output)
+    target = out.output.argmax(1)
+    R[0, target] = out.output[0, target]
+
+    def layer_rule(position: int, kind: str) -> tuple:
+        name, params = rule_of(preset, options, kind, position == 0, position == 0)
+        ignore = options["ignore_bias"]
+        return {"flat": ("flat",), "zbox": ("zbox", -3.0, 3.0, 1e-6, ignore),
+                "gamma": ("gamma", params.get("g"), 1e-6, ignore), "zplus": ("zplus", 1e-6, ignore),
+                "alpha_beta": ("alphabeta", 2.0, 1.0, 1e-6, ignore),
+                "epsilon": ("epsilon", params.get("eps"), ignore)}[name]
+
+    expected = Reference(out_of_place(model), layer_rule, maxpool="wta")(x, R)
+    scale = float(expected.abs().max())
+    assume(scale < 1e8)
+    torch.testing.assert_close(out.relevance, expected, rtol=1e-8, atol=1e-8 * scale + 1e-14)
