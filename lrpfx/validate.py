@@ -63,6 +63,8 @@ def arguments(explainer: Explainer, x: Any, target: Any, output_relevance: Any
     shape = output_shape(explainer.graph_module, x)
     if output_relevance is not None:
         _check_output_relevance(output_relevance, x, shape, target)
+    elif target is None:
+        _classes(shape, "the default target (each sample's argmax)")
     return _check_target(target, x, shape)
 
 

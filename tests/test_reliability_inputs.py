@@ -124,6 +124,27 @@ def test_a_dense_first_layer_checks_the_features_and_the_batch_dimension():
         explainer(torch.randn(6))
 
 
+class Regression(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(x).flatten()  # one value per sample: no class dimension
+
+
+def test_an_output_without_classes_needs_an_output_relevance():
+    explainer = lrpfx.compile(Regression().eval())
+    x = torch.randn(3, 4)
+    for target, what in ((None, "the default target (each sample's argmax)"), (0, "target")):
+        with pytest.raises(ValueError) as info:
+            explainer(x, target)
+        assert str(info.value) == (f"{what} picks a class along dimension 1, but the model output "
+                                   "has shape (3,); pass output_relevance= instead")
+    out = explainer(x, output_relevance=torch.ones(3))  # the flat rule (first layer) conserves
+    torch.testing.assert_close(out.relevance.sum(1), torch.ones(3), rtol=1e-6, atol=0)
+
+
 def test_accepted_spellings_of_target_agree():
     explainer = lrpfx.compile(conv_net())
     x = torch.randn(X)
