@@ -2,14 +2,16 @@
 
 Before: the explain graph, every node out of place. After: an elementwise node whose tensor
 operand is *owned* (made by the program itself: not an input, a constant or a view of one) and
-read by that node alone writes its result into that operand (``relu(a)`` becomes ``relu_(a)``,
-``a * x`` becomes ``a.mul_(x)``, ``r / z`` becomes ``torch.div(r, z, out=z)``). Nothing reads
-the operand afterwards, so the values computed are the same, bit for bit; what changes is that
-no new tensor is allocated (on CPU a fresh allocation is a page fault per 4 KiB on first touch).
+read last by that node (earlier readers made new tensors from it) writes its result into that
+operand (``relu(a)`` becomes ``relu_(a)``, ``a * x`` becomes ``a.mul_(x)``, ``r / z`` becomes
+``torch.div(r, z, out=z)``). Nothing reads the operand afterwards, so the values computed are
+the same, bit for bit; what changes is that no new tensor is allocated (on CPU a fresh
+allocation is a page fault per 4 KiB on first touch) and less memory is held.
 
-A tensor-tensor op is rewritten only when its emitter stated which operands have the result's
-shape and dtype (``like(node, 0, 1)``): broadcasting could make the result larger than an
-operand. A tensor-number op has the shape and dtype of its tensor operand.
+Broadcasting could make a result larger than an operand: a tensor-tensor op becomes an in-place
+method only when its emitter stated which operands have the result's shape and dtype
+(``like(node, 0, 1)``; a tensor-number op has its tensor's); without that statement it calls a
+helper (``mul_into``...) that checks the shapes when the program runs.
 """
 
 from __future__ import annotations
@@ -31,14 +33,19 @@ FRESH: set[Any] = {
     torch._C._nn.linear, torch.relu, torch.clamp, torch.where, torch.ones_like,
     torch.zeros_like, torch.matmul, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.div, torch.sub,
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
 }
 # runtime helpers of lrpfx.ops.functional that return a new tensor
 FRESH_HELPERS = {
     "conv_transpose", "linear_transpose", "avg_pool_transpose", "adaptive_avg_pool_transpose",
     "avg_pool", "stabilize", "stabilize_", "affine", "scatter_to_indices", "repeat_channels",
-    "channel_sum",
+    "channel_sum", "mul_into", "add_into", "sub_into", "div_into", "sub_into_second",
+    "div_into_second",
 }
+# tensor ∘ tensor without a stated shape: helpers that check the shapes when the program runs
+CHECKED = {operator.add: ("add_into", "add_into"), operator.mul: ("mul_into", "mul_into"),
+           operator.sub: ("sub_into", "sub_into_second"),
+           operator.truediv: ("div_into", "div_into_second")}
 # runtime helpers with a variant that writes into their first argument
 HELPERS_IN_PLACE = {"stabilize": "stabilize_"}
 UNARY: dict[Any, str] = {torch.relu: "relu_", operator.neg: "neg_"}
@@ -98,35 +105,55 @@ def _is_view(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in VIEWS
 
 
-def _free(node: fx.Node, arg: Any, owned: set[fx.Node]) -> bool:
-    """``arg`` is owned and ``node`` is its only reader."""
-    return isinstance(arg, fx.Node) and arg in owned and set(arg.users) == {node}
+class _Owned:
+    """The values the program owns, and when each is read."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.nodes = _owned(graph)
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+
+    def free(self, node: fx.Node, arg: Any) -> bool:
+        """``arg`` is owned and ``node`` reads it last; its earlier readers made new tensors
+        from it (no view of it is read later)."""
+        if not isinstance(arg, fx.Node) or arg not in self.nodes:
+            return False
+        return all(self.order[u] < self.order[node] and _makes_new(u)
+                   for u in arg.users if u is not node)
 
 
-def _rewrite(node: fx.Node, owned: set[fx.Node]) -> bool:
+def _makes_new(user: fx.Node) -> bool:
+    """The node's result shares no memory with its inputs."""
+    if user.op == "call_method":
+        return user.target in ("size", "dim")
+    return user.op == "call_function" and _fresh(user.target)
+
+
+def _rewrite(node: fx.Node, owned: _Owned) -> bool:
     """Make one node in place if it qualifies; returns whether it did."""
     if node.op != "call_function" or node.kwargs:
         return False
     args = node.args
     name = _helper_name(node.target)
-    if name in HELPERS_IN_PLACE and args and _free(node, args[0], owned):
+    if name in HELPERS_IN_PLACE and args and owned.free(node, args[0]):
         node.target = getattr(sys.modules[node.target.__module__], HELPERS_IN_PLACE[name])
         return True
-    if node.target in UNARY and len(args) == 1 and _free(node, args[0], owned):
+    if node.target in UNARY and len(args) == 1 and owned.free(node, args[0]):
         node.op, node.target = "call_method", UNARY[node.target]
         return True
     if node.target not in BINARY or len(args) != 2:
         return False
     a, b = args
-    allowed = node.meta.get(LIKE, ())
+    allowed = node.meta.get(LIKE)
     if not isinstance(b, fx.Node):
         allowed = (0,)
     elif not isinstance(a, fx.Node) or a is b:
         return False
-    if 0 in allowed and _free(node, a, owned):
+    elif allowed is None:
+        return _checked(node, owned)
+    if 0 in allowed and owned.free(node, a):
         node.op, node.target = "call_method", BINARY[node.target]
         return True
-    if 1 in allowed and _free(node, b, owned):
+    if 1 in allowed and owned.free(node, b):
         if node.target in COMMUTATIVE:
             node.op, node.target, node.args = "call_method", BINARY[node.target], (b, a)
         else:
@@ -135,10 +162,26 @@ def _rewrite(node: fx.Node, owned: set[fx.Node]) -> bool:
     return False
 
 
+def _checked(node: fx.Node, owned: _Owned) -> bool:
+    """A tensor-tensor op of unknown shapes: a helper writes in place if the shapes allow."""
+    a, b = node.args
+    into_first, into_second = CHECKED[node.target]  # type: ignore[index]
+    helpers = sys.modules["lrpfx.ops.functional"]
+    if owned.free(node, a):
+        node.target = getattr(helpers, into_first)
+    elif owned.free(node, b) and node.target in COMMUTATIVE:
+        node.target, node.args = getattr(helpers, into_first), (b, a)
+    elif owned.free(node, b):
+        node.target = getattr(helpers, into_second)
+    else:
+        return False
+    return True
+
+
 def inplace(graph: fx.Graph) -> fx.Graph:
     """Rewrite the qualifying elementwise nodes of ``graph`` in place (see the module doc)."""
-    owned = _owned(graph)
+    owned = _Owned(graph)
     for node in graph.nodes:
         if _rewrite(node, owned):
-            owned.add(node)
+            owned.nodes.add(node)
     return graph

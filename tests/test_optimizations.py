@@ -107,25 +107,29 @@ def test_winner_takes_all_keeps_the_shape_not_the_pool_input():
         "max_pool2d_with_indices", "size"}
 
 
-def _graph(op, like=None):
-    """``t = conv(x); out = op(t, y)``, with ``y`` a constant."""
+def _program(like=None):
+    """``t = conv(x, w); t * y`` with ``y`` a constant that broadcasts ``t`` to a larger shape."""
     g = fx.Graph()
-    x = g.placeholder("x")
-    w = g.get_attr("w")
+    x, w, y = g.placeholder("x"), g.get_attr("w"), g.get_attr("y")
     t = g.call_function(torch.conv2d, (x, w))
-    y = g.get_attr("y")
-    out = g.call_function(op, (t, y))
+    out = g.call_function(operator.mul, (t, y))
     if like is not None:
         inplace.like(out, *like)
     g.output(out)
-    return g, out
+    root = nn.Module()
+    root.register_buffer("w", torch.ones(1, 1, 3, 3))
+    root.register_buffer("y", torch.arange(3.0).reshape(3, 1, 1, 1))
+    return g, out, root
 
 
-def test_in_place_needs_a_stated_shape_for_two_tensors():
-    g, out = _graph(operator.mul)
+def test_in_place_checks_unknown_shapes_when_the_program_runs():
+    g, out, root = _program()
     inplace.inplace(g)
-    assert out.target is operator.mul  # a broadcast could make the result larger than t
-    g, out = _graph(operator.mul, like=(0,))
+    assert out.target.__name__ == "mul_into"  # no stated shape: checked at run time
+    x = torch.randn(1, 1, 4, 4)
+    expected = torch.conv2d(x, root.w) * root.y  # (3, 1, 2, 2): larger than t
+    torch.testing.assert_close(fx.GraphModule(root, g)(x), expected)
+    g, out, root = _program(like=(0,))
     inplace.inplace(g)
     assert out.target == "mul_"
 
@@ -135,9 +139,25 @@ def test_in_place_leaves_shared_values_and_inputs_alone():
     x = g.placeholder("x")
     y = g.call_function(torch.relu, (x,))  # the input: never written
     t = g.call_function(operator.mul, (y, 2.0))
-    u = g.call_function(operator.add, (t, 1.0))  # t is read again below
+    u = g.call_function(operator.add, (t, 1.0))  # t is returned: never written
     v = g.call_function(operator.sub, (u, 3.0))  # u is read by v alone: written in place
-    g.output((v, t))
+    view = g.call_method("reshape", (v, -1))
+    w = g.call_function(operator.neg, (v,))  # a view of v is read later: v is not written
+    g.output((view, w, t))
     inplace.inplace(g)
-    assert (y.target, t.target, u.target, v.target) == (torch.relu, "mul_", operator.add,
-                                                        "sub_")
+    assert [n.target for n in (y, t, u, v, w)] == [torch.relu, "mul_", operator.add, "sub_",
+                                                   operator.neg]
+
+
+def test_the_last_reader_writes_when_earlier_readers_made_new_tensors():
+    g = fx.Graph()
+    x = g.placeholder("x")
+    t = g.call_function(torch.relu, (x,))
+    a = g.call_function(operator.mul, (t, 2.0))  # reads t, makes a new tensor
+    b = g.call_function(operator.add, (t, 1.0))  # the last reader of t
+    g.output((a, b))
+    inplace.inplace(g)
+    assert (a.target, b.target) == (operator.mul, "add_")
+    value = torch.randn(5)
+    out = fx.GraphModule(nn.Module(), g)(value)
+    torch.testing.assert_close(out, (value.relu() * 2, value.relu() + 1))
