@@ -1,0 +1,71 @@
+"""The model-zoo sweep on one model of each torchvision family (the full sweep is
+``examples/model_zoo.py``, its table ``docs/model-zoo.md``).
+
+Each model compiles with ``EpsilonPlusFlat`` and ``EpsilonGammaBox``; the explainer's output is
+the model's; the relevance is finite and shaped like the input; and with an ε-only composite
+that ignores biases, Σ R_in equals the target logit within 1e-6 relative (float64, small
+inputs; the weights are re-drawn where ε-LRP is well conditioned, see the script).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lrpfx
+from lrpfx import composites
+
+torchvision = pytest.importorskip("torchvision")
+
+_spec = importlib.util.spec_from_file_location(
+    "model_zoo", Path(__file__).resolve().parent.parent / "examples" / "model_zoo.py")
+zoo = importlib.util.module_from_spec(_spec)
+sys.modules["model_zoo"] = zoo  # dataclasses look their module up
+_spec.loader.exec_module(zoo)
+
+# the families of the issue, and one (small) model of each for CI
+FAMILIES = {
+    "alexnet": "alexnet", "vgg": "vgg11_bn", "resnet": "resnet18",
+    "resnext": "resnext50_32x4d", "wide_resnet": "wide_resnet50_2", "densenet": "densenet121",
+    "googlenet": "googlenet", "inception_v3": "inception_v3", "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3": "mobilenet_v3_small", "mnasnet": "mnasnet0_5",
+    "shufflenet_v2": "shufflenet_v2_x0_5", "squeezenet": "squeezenet1_1",
+    "efficientnet": "efficientnet_b0", "regnet": "regnet_y_400mf", "convnext": "convnext_tiny",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small inputs: one thread avoids hand-offs that cost more than the ops themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_sweep_covers_every_non_attention_family():
+    names = zoo.model_names()
+    assert not any(n.startswith(("vit", "swin", "maxvit")) for n in names)
+    for name in names:  # every model belongs to a family of the issue
+        assert any(name.startswith(family) for family in FAMILIES), name
+    assert all(model.startswith(family) for family, model in FAMILIES.items())
+    assert set(FAMILIES.values()) <= set(names)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES.values()))
+def test_model_compiles_explains_and_conserves(name):
+    model, x = zoo.build(name)
+    assert x.dtype == torch.float64
+    with torch.no_grad():
+        expected = model(x)
+    for composite in (composites.EpsilonPlusFlat(), composites.EpsilonGammaBox(0.0, 1.0)):
+        out = lrpfx.compile(model, composite, maxpool="wta")(x)
+        torch.testing.assert_close(out.output, expected, rtol=1e-10, atol=1e-12)
+        assert out.relevance.shape == x.shape
+        assert torch.isfinite(out.relevance).all()
+        assert out.relevance.abs().sum() > 0
+    assert zoo.conservation_error(model, x) < 1e-6
