@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,8 @@ def _add(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule | None) -> list[Con
     if is_shape(node):
         return []
     signs = (1.0, 1.0 if node.target is operator.add else -1.0)
-    terms = [(a, sign) for a, sign in zip(node.args[:2], signs, strict=True) if carries(a)]
+    terms = [(a, sign) for a, sign in zip(node.args[:2], signs, strict=True)
+             if isinstance(a, fx.Node) and carries(a)]
     tag = b.name(node)
     ignore_bias = bool(getattr(rule, "ignore_bias", False))
     if len(terms) == 1 and ignore_bias:  # ± x + bias with the bias ignored: the identity
@@ -91,7 +92,7 @@ def _add(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule | None) -> list[Con
         if sign < 0:
             r = b.call(operator.neg, r, name=f"r_{tag}")
         out.append((a, b.call(unbroadcast, r, b[a], name=f"r_{tag}")))
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _two_tensors(node: fx.Node) -> bool:
@@ -103,20 +104,18 @@ def _mul(b: Builder, node: fx.Node, rel: fx.Node, rule: Gating | None) -> list[C
     """``a * c``: a constant factor passes relevance; two tensors share it by ``Gating``."""
     if is_shape(node):
         return []
-    factors = node.args[:2]
-    tensors = [a for a in factors if carries(a)]
+    tensors = [a for a in node.args[:2] if isinstance(a, fx.Node) and carries(a)]
     tag = b.name(node)
     if len(tensors) == 1:  # a scale (layer scale, constant): R_x = R
-        a = tensors[0]
-        return [(a, b.call(unbroadcast, rel, b[a], name=f"r_{tag}"))]
+        return [(tensors[0], b.call(unbroadcast, rel, b[tensors[0]], name=f"r_{tag}"))]
     assert rule is not None
     out = []
-    for a, share in zip(factors, rule.shares(*(is_gate(f) for f in factors)), strict=True):
+    for f, share in zip(tensors, rule.shares(*(is_gate(f) for f in tensors)), strict=True):
         if share == 0.0:
             continue
         r = rel if share == 1.0 else b.call(operator.mul, rel, share, name=f"r_{tag}")
-        out.append((a, b.call(unbroadcast, r, b[a], name=f"r_{tag}")))
-    return out  # type: ignore[return-value]
+        out.append((f, b.call(unbroadcast, r, b[f], name=f"r_{tag}")))
+    return out
 
 
 @register(operator.truediv, operator.neg, kind="scale")
@@ -141,7 +140,7 @@ def _integer(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contri
     return []
 
 
-def _reduction(transpose: object) -> LinearOp:
+def _reduction(transpose: Callable[..., torch.Tensor]) -> LinearOp:
     return LinearOp(
         forward=lambda b, n, x, w, bias: b.call(n.target, x, *b.map(n.args[1:]),
                                                 name=f"z_{b.name(n)}"),

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -93,8 +93,9 @@ def pad_transpose(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
     return F.pad(r, [-p for p in pad])
 
 
-_PIECES = {torch.chunk: chunk_transpose, torch.split: split_transpose,
-           torch.unbind: unbind_transpose}
+_PIECES: dict[Any, Callable[..., torch.Tensor]] = {
+    torch.chunk: chunk_transpose, torch.split: split_transpose, torch.unbind: unbind_transpose,
+}
 
 
 @register(torch.cat, kind="routing")
@@ -136,8 +137,7 @@ def _getitem(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contri
     if x.op == "call_function" and x.target in _PIECES:
         base = x.args[0]
         assert isinstance(base, fx.Node)
-        r = b.call(_PIECES[x.target], rel, b[base], *b.map(x.args[1:]), index,  # type: ignore[index]
-                   name=f"r_{tag}")
+        r = b.call(_PIECES[x.target], rel, b[base], *b.map(x.args[1:]), index, name=f"r_{tag}")
         return [(base, r)]
     return [(x, b.call(index_transpose, rel, b[x], b.map(index), name=f"r_{tag}"))]
 
@@ -155,7 +155,7 @@ def _permute(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contri
     """``permute(x, p)``: ``R`` permuted by the inverse of ``p``."""
     x, dims = node.args
     assert isinstance(x, fx.Node) and isinstance(dims, (list, tuple))
-    order = [int(d) % len(dims) for d in dims]  # type: ignore[call-overload]
+    order = [int(d) % len(dims) for d in dims]  # type: ignore[arg-type]
     inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
     return [(x, b.call(torch.permute, rel, inverse, name=f"r_{b.name(node)}"))]
 
