@@ -2,6 +2,8 @@
 
 Before the program runs, ``arguments`` refuses, naming the argument and the fix:
 
+- the model itself, when it was written in place since compile (``StaleExplainerError``): the
+  tensors derived from it then would be out of date;
 - ``x``: not a tensor, not floating point (``TypeError``); another dtype than the explainer's
   (``TypeError``), another device (``ValueError``); no batch dimension, an empty batch, NaN or
   Inf, a rank or a channel/feature count the first layer does not take, or a shape on which
