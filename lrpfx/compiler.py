@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -15,6 +15,9 @@ from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.record import RecordSpec, select
 from lrpfx.tracing import LeafSpec, trace
+
+if TYPE_CHECKING:
+    from lrpfx.patterns import Patterns
 
 CANONIZE = (passes.normalize, passes.fold_batchnorm, passes.linearize)
 
@@ -29,6 +32,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     concrete_args: dict[str, Any] | None = None,
     record: RecordSpec = None,
     strip_softmax: bool = False,
+    patterns: Patterns | None = None,
 ) -> Explainer:
     """Compile ``model`` into an explainer: one generated forward + relevance program.
 
@@ -48,13 +52,15 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
             cost when off.
         strip_softmax: a model whose output is a softmax or log-softmax is refused (LRP
             explains logits); ``True`` explains the logits before it instead.
+        patterns: fitted signal patterns (``lrpfx.patterns.fit``) for the ``"patternnet"`` and
+            ``"patternattribution"`` presets given by name.
 
     Example:
         >>> explainer = lrpfx.compile(model, "epsilon-plus-flat")
         >>> out = explainer(x, target=3)
         >>> out.relevance.shape == x.shape
     """
-    composite = composites.resolve(rules)
+    composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
     training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
     if training:
         which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")

@@ -33,7 +33,8 @@ FRESH: set[Any] = {
     torch._C._nn.linear, torch.relu, torch.clamp, torch.where, torch.ones_like,
     torch.zeros_like, torch.matmul, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.div, torch.sub,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, operator.add, operator.sub, operator.mul,
+    operator.truediv, operator.neg,
 }
 # runtime helpers of lrpfx.ops.functional that return a new tensor
 FRESH_HELPERS = {

@@ -302,6 +302,8 @@ def test_names_rules_and_composites_give_the_same_program():
     ways = [composites.PatternAttribution(patterns), rules.PatternAttribution(patterns),
             composites.resolve("patternattribution", patterns=patterns)]
     results = [lrpfx.compile(net, w, maxpool="wta")(x[:3]).relevance for w in ways]
+    results.append(lrpfx.compile(net, "patternattribution", maxpool="wta",
+                                 patterns=patterns)(x[:3]).relevance)
     for r in results[1:]:
         torch.testing.assert_close(r, results[0], rtol=0, atol=0)
     explainer = lrpfx.compile(net, ways[0], maxpool="wta")
