@@ -52,7 +52,8 @@ class Explainer(nn.Module):
         self.program = program
         self.graph_module = graph_module
         self.composite = composite
-        self._run = torch.compile(program) if torch_compile else program
+        self.torch_compile = torch_compile
+        self._compiled: Callable[..., Any] | None = None  # made at the first call
         self._versions = validate.versions(self, "explainer's")  # to see in-place writes
 
     @property
@@ -80,14 +81,30 @@ class Explainer(nn.Module):
         """
         target = validate.arguments(self, x, target, output_relevance)  # or a named error
         with torch.no_grad():
-            result = self._run(x, target, output_relevance)
+            result = self._runner()(x, target, output_relevance)
         return validate.finite(self, Explanation(*result), x, target, output_relevance)
+
+    def _runner(self) -> Callable[..., Any]:
+        """The program, or its ``torch.compile`` form. Inductor's freezing folds the program's
+        tensors into the compiled code as constants (measured: ResNet-50 from 3.3x to 2.2x a
+        forward on 2 CPU threads), so the compiled form is rebuilt when they are replaced."""
+        if not self.torch_compile:
+            return self.program
+        if self._compiled is None:  # a fresh GraphModule: new code, so no stale cache entries
+            fresh = fx.GraphModule(self.program, self.program.graph)
+            self._compiled = torch.compile(fresh.forward, options={"freezing": True})
+        return self._compiled
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Explainer:
+        self._compiled = None  # .to(), .double(), ...: new tensors
+        return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
                         assign: bool = False) -> Any:
         """Load saved program tensors by replacing this explainer's tensors, never by copying
         into them: they share memory with the model it was compiled from."""
         result = super().load_state_dict(state_dict, strict=strict, assign=True)
+        self._compiled = None
         self._versions = validate.versions(self, "explainer's")  # the model's: gone
         return result
 
@@ -102,6 +119,7 @@ class Explainer(nn.Module):
         clone = type(self).__new__(type(self))
         memo[id(self)] = clone
         clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        clone._compiled = None
         return clone
 
     def __repr__(self) -> str:

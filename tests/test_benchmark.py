@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -74,3 +75,21 @@ def test_compiled_equals_eager():
     scale = eager.relevance.abs().max()
     torch.testing.assert_close(compiled.relevance, eager.relevance, rtol=1e-4,
                                atol=1e-6 * float(scale))
+
+
+def test_compiled_explainer_follows_new_tensors():
+    """The compiled program folds its tensors in as constants (inductor freezing): loading
+    another model's tensors, ``.double()`` and ``deepcopy`` give that model's result, and the
+    state dict has the same keys as the eager explainer's."""
+    torch.manual_seed(0)
+    first, second = (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                                   nn.Linear(4 * 6 * 6, 3)).eval() for _ in range(2))
+    x = torch.randn(2, 3, 8, 8)
+    compiled = lrpfx.compile(first, "epsilon-plus", torch_compile=True)
+    eager = lrpfx.compile(second, "epsilon-plus")
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    compiled(x)
+    compiled.load_state_dict(eager.state_dict())
+    torch.testing.assert_close(compiled(x).relevance, eager(x).relevance, rtol=1e-4, atol=1e-6)
+    twin = copy.deepcopy(compiled).double()
+    torch.testing.assert_close(twin(x.double()).relevance, eager.double()(x.double()).relevance)
