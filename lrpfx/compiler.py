@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, filters, passes, validate  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, filters, layout, passes, validate  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
@@ -77,7 +77,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     gm = check_softmax(gm, strip_softmax)
     gm = passes.maxpool(gm, maxpool)
     gm = passes.check(filters.unwrap(passes.annotate(gm, composite)))
-    program = codegen.generate(gm, select(gm, record))
+    program = layout.channels_last(codegen.generate(gm, select(gm, record)))
     explainer = Explainer(program, gm, composite, torch_compile)
     explainer._versions.update(validate.versions(model, "model's"))  # later writes: refused
     return explainer

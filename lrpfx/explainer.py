@@ -102,7 +102,7 @@ class Explainer(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
                         assign: bool = False) -> Any:
         """Load saved program tensors by replacing this explainer's tensors, never by copying
-        into them: they share memory with the model it was compiled from."""
+        into them: many share memory with the model it was compiled from."""
         result = super().load_state_dict(state_dict, strict=strict, assign=True)
         self._compiled = None
         self._versions = validate.versions(self, "explainer's")  # the model's: gone

@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 
 import lrpfx
-from lrpfx import codegen, composites, inplace
+from lrpfx import codegen, composites, inplace, layout
 from lrpfx.ops import shortcuts
 
 PRESETS = {
@@ -161,3 +161,27 @@ def test_the_last_reader_writes_when_earlier_readers_made_new_tensors():
     value = torch.randn(5)
     out = fx.GraphModule(nn.Module(), g)(value)
     torch.testing.assert_close(out, (value.relu() * 2, value.relu() + 1))
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_channels_last_changes_strides_not_results(net_and_input, preset, monkeypatch):
+    """The program keeps its 4-d constants and the input channels-last (oneDNN's layout) and
+    returns the relevance in the usual layout; the values are the plain layout's (rounding)."""
+    model, x = net_and_input
+    explainer = lrpfx.compile(model, PRESETS[preset](), record=True)
+    kernels = [b for b in explainer.program.buffers() if b.dim() == 4]
+    assert kernels and all(b.is_contiguous(memory_format=torch.channels_last) for b in kernels)
+    out = explainer(x)
+    assert out.relevance.is_contiguous() and x.is_contiguous()
+    monkeypatch.setattr(layout, "channels_last", lambda program: program)
+    plain = lrpfx.compile(model, PRESETS[preset](), record=True)(x)
+    torch.testing.assert_close(out.output, plain.output, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out.relevance, plain.relevance, rtol=1e-10, atol=1e-14)
+    for name, value in plain.layers.items():
+        torch.testing.assert_close(out.layers[name], value, rtol=1e-10, atol=1e-14)
+
+
+def test_no_channels_last_without_2d_convolutions():
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5, 2))
+    program = lrpfx.compile(model.eval(), "epsilon-plus").program
+    assert "channels_last" not in program.code
