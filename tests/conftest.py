@@ -21,3 +21,13 @@ def _seed_and_double():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one thread avoids hand-offs that cost more than the ops themselves
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

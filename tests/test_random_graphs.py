@@ -105,12 +105,7 @@ plans = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 20), st.integers
                  min_size=1, max_size=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @settings(max_examples=EXAMPLES, deadline=None,

@@ -9,14 +9,7 @@ from torch import nn
 
 import lrpfx
 from lrpfx import composites
-
-
-def relu_net(bias: bool = True) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, stride=2, bias=bias), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(32, 16, bias=bias), nn.ReLU(), nn.Linear(16, 5, bias=bias),
-    ).eval()
+from tests.test_core import relu_net
 
 
 @pytest.mark.parametrize("maxpool", ["avg", "wta"])

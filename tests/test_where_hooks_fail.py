@@ -23,12 +23,7 @@ from tests.reference import Reference
 zennit = pytest.importorskip("zennit")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 from zennit.attribution import Gradient  # noqa: E402
