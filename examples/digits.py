@@ -73,6 +73,23 @@ def picture(x: torch.Tensor, relevances: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([digits, *(heatmap(r, "bwr", size=64) for r in relevances)])
 
 
+def explain_rows(explainers: dict[str, lrpfx.Explainer], x: torch.Tensor,
+                 console: Console) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Each explainer's relevance for ``x``, and the mean of relevance sum / logit per
+    explainer, printed with its range (1 where a rule conserves relevance)."""
+    relevances, ratios = [], {}
+    width = max(map(len, explainers))
+    for name, explainer in explainers.items():
+        out = explainer(x)
+        logit = out.output.gather(1, out.output.argmax(1, keepdim=True))[:, 0]
+        ratio = out.relevance.sum((1, 2, 3)) / logit
+        console.print(f"{name:>{width}}: relevance sum / logit = {ratio.mean():6.3f} "
+                      f"(min {ratio.min():6.3f}, max {ratio.max():6.3f})")
+        relevances.append(out.relevance)
+        ratios[name] = float(ratio.mean())
+    return relevances, ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/digits.png"))
@@ -94,15 +111,9 @@ def main() -> None:
     console.print(Syntax(first.code, "python", line_numbers=False, word_wrap=True))
 
     samples = torch.cat([torch.nonzero(y == d)[:2, 0] for d in range(10)])
-    relevances = []
-    for name, explainer in explainers.items():
-        out = explainer(x[samples])
-        logit = out.output.gather(1, out.output.argmax(1, keepdim=True))[:, 0]
-        ratio = out.relevance.sum((1, 2, 3)) / logit
-        console.print(f"{name:>22}: relevance sum / logit = {ratio.mean():.3f} "
-                      f"(min {ratio.min():.3f}, max {ratio.max():.3f})")
-        relevances.append(out.relevance)
-    console.print(f"labels    {y[samples].tolist()}\npredicted {out.output.argmax(1).tolist()}")
+    relevances, _ = explain_rows(explainers, x[samples], console)
+    predicted = first(x[samples]).output.argmax(1)
+    console.print(f"labels    {y[samples].tolist()}\npredicted {predicted.tolist()}")
     path = save_png(picture(x[samples], relevances), args.out, nrow=len(samples))
     console.print(f"wrote {path}: digits, then rows {', '.join(COMPOSITES)}")
 

@@ -29,7 +29,7 @@ from lrpfx import composites
 from lrpfx.heatmap import save_png
 
 sys.path.insert(0, str(Path(__file__).parent))  # digits.py next to this file
-from digits import digits_cnn, digits_data, picture, train  # noqa: E402
+from digits import digits_cnn, digits_data, explain_rows, picture, train  # noqa: E402
 
 
 def explainers(model: torch.nn.Module, loader: DataLoader, center: str,
@@ -69,15 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rows = explainers(model, loader, args.center, args.max_batches, console)
 
     samples = torch.cat([torch.nonzero(y == d)[:2, 0] for d in range(10)])
-    relevances, ratios = [], {}
-    for name, explainer in rows.items():
-        out = explainer(x[samples])
-        logit = out.output.gather(1, out.output.argmax(1, keepdim=True))[:, 0]
-        ratio = out.relevance.sum((1, 2, 3)) / logit
-        console.print(f"{name:>29}: sum / logit = {ratio.mean():6.3f} "
-                      f"(min {ratio.min():6.3f}, max {ratio.max():6.3f})")
-        relevances.append(out.relevance)
-        ratios[name] = float(ratio.mean())
+    relevances, ratios = explain_rows(rows, x[samples], console)
     path = save_png(picture(x[samples], relevances), args.out, nrow=len(samples))
     console.print(f"wrote {path}: digits, then rows {', '.join(rows)}")
     return ratios
