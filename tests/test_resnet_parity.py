@@ -12,8 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lrpfx
-from tests.test_zennit_parity import PRESETS, _MergeBatchNorm, randomize_batchnorm, zennit_relevance
+from tests.test_zennit_parity import PRESETS, _MergeBatchNorm, assert_parity, randomize_batchnorm
 
 zennit = pytest.importorskip("zennit")
 torchvision = pytest.importorskip("torchvision")
@@ -39,11 +38,4 @@ def model_and_input(request):
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_resnet_parity_with_zennit(model_and_input, preset):
     model, x = model_and_input
-    ours, theirs = PRESETS[preset]
-    explained = lrpfx.compile(model, ours(), maxpool="wta")(x)
-    target = explained.output.argmax(1)
-    output, relevance = zennit_relevance(model, theirs([resnet_canonizer()]), x, target)
-    torch.testing.assert_close(explained.output, output.detach(), rtol=1e-10, atol=1e-10)
-    scale = relevance.abs().max()
-    delta = (explained.relevance - relevance).abs().max()
-    assert delta <= 1e-8 * scale, f"max |Δ| = {delta:.3g}, max |R| = {scale:.3g}"
+    assert_parity(model, x, preset, [resnet_canonizer()])
