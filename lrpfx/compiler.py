@@ -43,7 +43,8 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
             conv/dense layer, or a map ``{nn.Conv2d: rules.ZPlus(), "features.0": rules.Flat()}``.
         maxpool: ``"avg"`` (relevance through max-pools as through average pools) or ``"wta"``
             (winner-takes-all, as Zennit).
-        torch_compile: wrap the program in ``torch.compile``.
+        torch_compile: run the program through ``torch.compile`` (inductor, the program's
+            tensors frozen in as constants; the first call compiles).
         leaf_modules: module classes or qualified names to keep whole when tracing.
         concrete_args: passed to ``torch.fx`` tracing, to specialize Python control flow.
         record: also return layer relevances in ``Explanation.layers``: ``True`` for every
