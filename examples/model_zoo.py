@@ -113,7 +113,7 @@ def sweep_one(name: str) -> Row:
     errors, finite = [], True
     for explain in (explainer, lrpfx.compile(model, composites.EpsilonGammaBox(0.0, 1.0))):
         out = explain(x)
-        errors.append((out.output - expected).abs().max().item())
+        errors.append(((out.output - expected).abs().max() / expected.abs().max()).item())
         finite &= bool(torch.isfinite(out.relevance).all()) and out.relevance.shape == x.shape
     graph = explainer.graph_module.graph
     ops = {str(n.target) for n in graph.nodes if n.op in ("call_function", "call_method")}
@@ -129,9 +129,9 @@ def markdown(rows: list[Row]) -> str:
         "random weights, 10 classes, batch of 2 at 32×32 (alexnet 64, inception_v3 75), written by",
         "`python examples/model_zoo.py`. *nodes*: nodes of the canonical graph; *ops*: distinct",
         "canonical ops; *compile*: `lrpfx.compile` with `EpsilonPlusFlat` (seconds, 2 shared",
-        "CPU cores); *output*: max |explainer output − model output| over `EpsilonPlusFlat` and",
-        "`EpsilonGammaBox`; *conservation*: max |Σ R_in − logit| / |logit| with",
-        "`EpsilonOnly(1e-12, ignore_bias=True)` (see the script's docstring for the weights).",
+        "CPU cores); *output*: max |explainer output − model output| / max |model output| over",
+        "`EpsilonPlusFlat` and `EpsilonGammaBox`; *conservation*: max |Σ R_in − logit| / |logit|",
+        "with `EpsilonOnly(1e-12, ignore_bias=True)` (see the script's docstring for the weights).",
         "",
         "| model | dtype | nodes | ops | compile (s) | output | finite | conservation |",
         "|---|---|---:|---:|---:|---:|:-:|---:|",
