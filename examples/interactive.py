@@ -15,7 +15,6 @@ By default on the scikit-learn digits with the small CNN of ``digits.py`` (train
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -25,11 +24,9 @@ from rich.table import Table
 import lrpfx
 from lrpfx import composites
 from lrpfx.composites import PRESETS
+from lrpfx.demo import digits_cnn, digits_data, train
 from lrpfx.heatmap import grid, heatmap, save_png, to_image, upsample
 from lrpfx.images import IMAGENET_MEAN, IMAGENET_STD, load_image, load_model, preprocess
-
-sys.path.insert(0, str(Path(__file__).parent))  # digits.py next to this file
-from digits import digits_cnn, digits_data, train  # noqa: E402
 
 
 def digits_setup(args: argparse.Namespace, console: Console):

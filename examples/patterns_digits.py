@@ -1,9 +1,10 @@
 """PatternNet and PatternAttribution next to LRP on the scikit-learn digits.
 
-Trains the small CNN of ``digits.py``, fits the signal patterns of every conv and dense layer
-("linear" and "positive", Kindermans et al. 2018) in one streaming pass over the digits, and
-writes one PNG: two samples of each digit in the first row, then one row per method (red: for
-the predicted class, blue: against; PatternNet shows the estimated signal, same colors).
+Trains the small CNN of the digits demo (``lrpfx.demo``), fits the signal patterns of every
+conv and dense layer ("linear" and "positive", Kindermans et al. 2018) in one streaming pass
+over the digits, and writes one PNG: two samples of each digit in the first row, then one row
+per method (red: for the predicted class, blue: against; PatternNet shows the estimated signal,
+same colors).
 
     python examples/patterns_digits.py [--out out/patterns_digits.png] [--epochs 30]
                                        [--center regime|all] [--max-batches N]
@@ -16,7 +17,6 @@ folded BatchNorm biases, its denominators cross zero and PatternNet blows up.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -26,10 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lrpfx
 from lrpfx import composites
+from lrpfx.demo import digits_cnn, digits_data, explain_rows, picture, train
 from lrpfx.heatmap import save_png
-
-sys.path.insert(0, str(Path(__file__).parent))  # digits.py next to this file
-from digits import digits_cnn, digits_data, explain_rows, picture, train  # noqa: E402
 
 
 def explainers(model: torch.nn.Module, loader: DataLoader, center: str,

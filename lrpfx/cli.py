@@ -12,7 +12,6 @@ arguments (a missing path, an unknown model, a weight file that does not fit).
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 import time
 from collections.abc import Sequence
@@ -245,17 +244,10 @@ def _build(arch: str) -> torch.nn.Module:
 
 
 def demo_command(args: argparse.Namespace, console: Console) -> int:
-    """``lrpfx demo``: the digits main job, from the source checkout's examples/."""
-    script = Path(lrpfx.__file__).resolve().parent.parent / "examples" / "digits.py"
-    if not script.is_file():
-        raise InputError(f"the demo runs examples/digits.py from a source checkout; "
-                         f"{script} is not there")
-    saved = sys.argv
-    sys.argv = [str(script), *args.extra]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = saved
+    """``lrpfx demo``: the digits main job (``lrpfx.demo``, also ``examples/digits.py``)."""
+    from lrpfx import demo  # imports scikit-learn's data only when run
+
+    demo.main(args.extra)
     return 0
 
 

@@ -5,6 +5,10 @@ samples of each digit in the first row, then one row of heatmaps per composite (
 the predicted class, blue: against).
 
     python examples/digits.py [--out out/digits.png] [--epochs 30]
+    lrpfx demo [--out out/digits.png] [--epochs 30]         # the same, from any install
+
+The digits come with scikit-learn (``pip install "lrpfx[demo]"``). The data, the network and the
+training loop are shared with the PatternNet and occlusion examples.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.syntax import Syntax
-from sklearn.datasets import load_digits
 from torch import nn
 
 import lrpfx
@@ -26,12 +29,18 @@ from lrpfx.heatmap import colorize, heatmap, save_png
 
 def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
     """The 1797 8×8 digits as ``(N, 1, 8, 8)`` floats in [0, 1] and their labels."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError('the digits demo loads its data with scikit-learn: '
+                          'pip install "lrpfx[demo]" (or scikit-learn)') from None
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return x, torch.tensor(digits.target)
 
 
 def digits_cnn() -> nn.Sequential:
+    """Three convolutions (two with BatchNorm, folded when compiled), a max-pool, two dense."""
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
@@ -90,11 +99,12 @@ def explain_rows(explainers: dict[str, lrpfx.Explainer], x: torch.Tensor,
     return relevances, ratios
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    """Run the demo with command-line style arguments (``--out``, ``--epochs``)."""
+    parser = argparse.ArgumentParser(prog="lrpfx demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/digits.png"))
     parser.add_argument("--epochs", type=int, default=30)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     console = Console()
     torch.manual_seed(0)
 
