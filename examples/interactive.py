@@ -6,8 +6,8 @@ class first predicted, and a PNG strip written: the occluded images, their heatm
 bar (full = the unoccluded score). It also prints how well the relevance that LRP gave a patch
 predicts the score lost when covering it.
 
-By default on the scikit-learn digits with the small CNN of ``digits.py`` (trained in seconds);
-``--arch vgg16 --image photo.jpg`` for an ImageNet model.
+By default on the scikit-learn digits with the small CNN of the digits demo (``lrpfx.demo``,
+trained in seconds); ``--arch vgg16 --image photo.jpg`` for an ImageNet model.
 
     python examples/interactive.py [--sample 3] [--patch 2] [--at 2,4 --at 0,0] [--fill zero]
 """

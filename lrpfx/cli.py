@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="do not try to download pretrained weights")
     show = commands.add_parser("show", help="print the annotated graph of a model")
     _common(show)
-    commands.add_parser("demo", help="run the digits demo (examples/digits.py); further "
+    commands.add_parser("demo", help="run the digits demo (lrpfx.demo); further "
                         "options (--epochs, --out) go to it")
     return parser
 
