@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lrpfx
-from lrpfx import composites, filters, heatmap
+from lrpfx import composites, demo, filters, heatmap
 from lrpfx.errors import LrpfxError
 from lrpfx.images import (
     IMAGE_SUFFIXES,
@@ -245,9 +245,10 @@ def _build(arch: str) -> torch.nn.Module:
 
 def demo_command(args: argparse.Namespace, console: Console) -> int:
     """``lrpfx demo``: the digits main job (``lrpfx.demo``, also ``examples/digits.py``)."""
-    from lrpfx import demo  # imports scikit-learn's data only when run
-
-    demo.main(args.extra)
+    try:
+        demo.main(args.extra)
+    except ImportError as error:  # no scikit-learn: one line that says what to install
+        raise InputError(str(error)) from None
     return 0
 
 

@@ -70,3 +70,20 @@ def test_the_demo_runs_the_digits_main_job(tmp_path):
     console = Console(file=io.StringIO(), width=120)
     assert cli.main(["demo", "--epochs", "1", "--out", str(out)], console) == 0
     assert load_image(out).shape[0] == 3
+
+
+def test_the_demo_without_scikit_learn_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    console = Console(file=io.StringIO(), width=200)
+    assert cli.main(["demo", "--epochs", "1"], console) == 2
+    assert 'pip install "lrpfx[demo]"' in console.file.getvalue()
+    assert len(console.file.getvalue().strip().splitlines()) == 1
