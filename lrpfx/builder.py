@@ -12,6 +12,13 @@ from lrpfx import meta
 from lrpfx.rules import Mod
 
 
+def like(node: fx.Node, *indices: int) -> fx.Node:
+    """State that ``node``'s result has the shape and dtype of ``node.args[i]`` for each index
+    (``lrpfx.program.inplace`` may then write it into such an operand)."""
+    node.meta[meta.LIKE] = indices
+    return node
+
+
 class Builder:
     """Emits the nodes of the explain program.
 

@@ -14,11 +14,10 @@ import operator
 import torch
 from torch import fx, nn
 
-from lrpfx import meta, targets
-from lrpfx.builder import Builder
-from lrpfx.filters import FILTER
-from lrpfx.inplace import inplace, like
-from lrpfx.ops.registry import lookup
+from lrpfx import meta
+from lrpfx import runtime as rt
+from lrpfx.builder import Builder, like
+from lrpfx.ops import table
 
 
 def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> fx.Node:
@@ -28,8 +27,8 @@ def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> f
         if node.op == "output":
             output = b[node.args[0]]
             continue
-        impl = lookup(node, modules)
-        emit = impl.forward if impl is not None and impl.forward is not None else None
+        spec = table.spec(node, modules)
+        emit = spec.forward if spec is not None and node.meta.get(meta.CONE) else None
         b.env[node] = emit(b, node) if emit else b.copy(node)
     assert output is not None
     return output
@@ -49,13 +48,15 @@ def _backward(
     output = next(n for n in gm.graph.nodes if n.op == "output")
     rel: dict[fx.Node, fx.Node] = {output.args[0]: seed}  # type: ignore[dict-item]
     for node in reversed(gm.graph.nodes):
-        impl = lookup(node, modules)
-        if node not in rel or impl is None:
+        if node not in rel or node.op == "placeholder" or not node.meta.get(meta.CONE):
             continue
         arriving = rel[node]
-        if (relevance_filter := node.meta.get(FILTER)) is not None:
-            arriving = relevance_filter.emit(b, node, arriving)
-        for source, value in impl.backward(b, node, arriving, node.meta.get(meta.RULE)):
+        if (top := node.meta.get(meta.FILTER)) is not None:  # a filters.TopK
+            arriving = b.call(rt.top_k, arriving, top.percent, name=f"topk_{b.name(node)}")
+        rule = node.meta.get(meta.RULE)
+        backward = table.backward(node, modules, rule)
+        assert backward is not None, f"{node.name}: no row (passes.check lets none through)"
+        for source, value in backward(b, node, arriving, rule):
             _accumulate(b, rel, source, value)
     return rel
 
@@ -71,7 +72,7 @@ def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx
     output = _forward(b, gm, modules)
     target = b.graph.placeholder("target", default_value=None)
     given = b.graph.placeholder("output_relevance", default_value=None)
-    seed = b.call(targets.output_relevance, output, target, given, name="rel_output")
+    seed = b.call(rt.output_relevance, output, target, given, name="rel_output")
     rel = _backward(b, gm, modules, seed)
     x = inputs[0]
     relevance = rel.get(x) or b.call(torch.zeros_like, b[x], name=f"rel_{b.name(x)}")
@@ -90,6 +91,5 @@ def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx
     for node in b.graph.nodes:
         if node.op == "call_module":
             root.add_module(str(node.target), modules[str(node.target)])
-    inplace(b.graph)  # elementwise work into the program's own dead intermediates
     b.graph.lint()
     return fx.GraphModule(root, b.graph, "ExplainProgram")

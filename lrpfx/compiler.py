@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, filters, layout, passes, validate  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, passes, validate  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
+from lrpfx.program import PROGRAM_PASSES
 from lrpfx.record import RecordSpec, select
 from lrpfx.tracing import LeafSpec, trace
 
@@ -76,9 +77,10 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     for canonize in CANONIZE:
         gm = canonize(gm)
     gm = check_softmax(gm, strip_softmax)
-    gm = passes.maxpool(gm, maxpool)
-    gm = passes.check(filters.unwrap(passes.annotate(gm, composite)))
-    program = layout.channels_last(codegen.generate(gm, select(gm, record)))
+    gm = passes.check(passes.annotate(passes.facts(passes.maxpool(gm, maxpool)), composite))
+    program = codegen.generate(gm, select(gm, record))
+    for improve in PROGRAM_PASSES:
+        program = improve(program)
     explainer = Explainer(program, gm, composite, torch_compile)
     explainer._versions.update(validate.versions(model, "model's"))  # later writes: refused
     return explainer

@@ -2,9 +2,10 @@
 
 A composite is an ordered list of ``(matcher, rule)``; the first match wins, and user entries
 come before a preset's defaults. Matchers look at what the graph knows: the op family of the
-node (``kind``: ``"conv"``, ``"dense"``, ``"activation"``, ``"avgpool"``, ``"maxpool"``,
-``"batchnorm"``...), the class of the module it came from (or the function equivalent to it:
-``F.conv2d`` matches ``nn.Conv2d``), its qualified name, and its position in execution order.
+node (``kind``, an ``lrpfx.ops.OpKind``: ``"conv"``, ``"dense"``, ``"activation"``, ``"avgpool"``,
+``"maxpool"``, ``"batchnorm"``...), the class of the module it came from (or the function
+equivalent to it: ``F.conv2d`` matches ``nn.Conv2d``), its qualified name, and its position in
+execution order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx import meta
+from lrpfx.ops.table import OpKind
 from lrpfx.rules import (
     AlphaBeta,
     Epsilon,
@@ -40,17 +42,17 @@ from lrpfx.rules import PatternNet as PatternNetRule
 if TYPE_CHECKING:
     from lrpfx.patterns import Patterns
 
-LAYER_KINDS = ("conv", "dense")
+LAYER_KINDS = (OpKind.CONV, OpKind.DENSE)
 
 
 @dataclass(frozen=True)
 class Context:
     """What matchers may ask of the graph: each node's op family and the execution order."""
 
-    kinds: Mapping[fx.Node, str]
+    kinds: Mapping[fx.Node, OpKind]
     order: Sequence[fx.Node]
 
-    def layers(self, kinds: Sequence[str]) -> list[fx.Node]:
+    def layers(self, kinds: Sequence[OpKind]) -> list[fx.Node]:
         """Nodes of the given kinds, in execution order."""
         return [n for n in self.order if self.kinds.get(n) in kinds]
 
@@ -65,14 +67,23 @@ class Matcher:
         raise NotImplementedError
 
 
+def _kinds(names: Sequence[OpKind | str]) -> tuple[OpKind, ...]:
+    known = ", ".join(k.value for k in OpKind)
+    for name in names:
+        if name not in OpKind._value2member_map_:
+            raise ValueError(f"unknown op kind {name!r}; the kinds are: {known}")
+    return tuple(OpKind(name) for name in names)
+
+
 @dataclass(frozen=True)
 class Kind(Matcher):
-    """Nodes whose op belongs to one of ``kinds``."""
+    """Nodes whose op belongs to one of ``kinds`` (``OpKind`` members or their names; an
+    unknown name is a ``ValueError`` here, not a matcher that silently matches nothing)."""
 
-    kinds: tuple[str, ...]
+    kinds: tuple[OpKind, ...]
 
-    def __init__(self, *kinds: str) -> None:
-        object.__setattr__(self, "kinds", kinds)
+    def __init__(self, *kinds: OpKind | str) -> None:
+        object.__setattr__(self, "kinds", _kinds(kinds))
 
     def matches(self, node: fx.Node, ctx: Context) -> bool:
         return ctx.kinds.get(node) in self.kinds
@@ -124,16 +135,19 @@ class Position(Matcher):
 
     start: int | None = None
     stop: int | None = None
-    kinds: tuple[str, ...] = LAYER_KINDS
+    kinds: tuple[OpKind, ...] = LAYER_KINDS
     specificity = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", _kinds(self.kinds))
 
     def matches(self, node: fx.Node, ctx: Context) -> bool:
         return node in ctx.layers(self.kinds)[self.start : self.stop]
 
 
-def First(*kinds: str) -> Position:  # noqa: N802  (reads as a matcher class)
+def First(*kinds: OpKind | str) -> Position:  # noqa: N802  (reads as a matcher class)
     """The first layer of ``kinds`` (conv or dense by default) in execution order."""
-    return Position(0, 1, kinds or LAYER_KINDS)
+    return Position(0, 1, _kinds(kinds) or LAYER_KINDS)
 
 
 Entry = tuple[Matcher, Rule]

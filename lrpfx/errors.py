@@ -45,3 +45,7 @@ class NonFiniteError(LrpfxError, FloatingPointError):
 class StaleExplainerError(LrpfxError):
     """A tensor of the program was written in place after compile (an optimizer step on the
     model, whose tensors the program shares): its derived tensors are from before."""
+
+
+class RegistrationError(LrpfxError):
+    """An op or a relevance row was registered twice, or a row before its op's declaration."""

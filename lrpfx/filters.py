@@ -18,40 +18,25 @@ Use it like any rule, in a composite::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import torch
 from torch import fx
 
 from lrpfx import meta
 from lrpfx.composites import LAYER_KINDS, Composite, Context, Kind, Matcher
 from lrpfx.rules import Group, Rule
+from lrpfx.runtime import top_k
 
-if TYPE_CHECKING:
-    from lrpfx.builder import Builder
+__all__ = ["FILTER", "Filtered", "TopK", "top_k"]
 
-FILTER = "lrpfx.filter"  # node.meta key: the filter applied to the relevance of the node's output
-
-
-def top_k(relevance: torch.Tensor, percent: float) -> torch.Tensor:
-    """Keep the largest ``percent`` % of the entries of each sample (dimension 0), zero the rest.
-
-    ``k = max(1, ⌊percent/100 · n⌋)`` entries survive per sample, ``n`` its number of entries
-    (ties at the threshold are broken by ``torch.topk``, so exactly ``k`` are kept).
-    """
-    flat = relevance.flatten(1)
-    k = max(1, math.floor(flat.shape[1] * percent / 100 + 1e-9))
-    if k >= flat.shape[1]:
-        return relevance
-    values, indices = flat.topk(k, dim=1)
-    return torch.zeros_like(flat).scatter(1, indices, values).view_as(relevance)
+FILTER = meta.FILTER  # node.meta key: the filter applied to the relevance of the node's output
 
 
 @dataclass(frozen=True)
 class TopK(Rule):
-    """``rule`` applied to the relevance of the layer's output filtered by :func:`top_k`.
+    """``rule`` applied to the relevance of the layer's output filtered by ``top_k``
+    (``annotate`` splits the two: the rule into ``meta["lrpfx.rule"]``, the filter into
+    ``meta["lrpfx.filter"]``).
 
     Args:
         rule: the rule that distributes the kept relevance (``ZPlus()``, ``Gamma(0.25)``, ...).
@@ -76,10 +61,6 @@ class TopK(Rule):
     def groups(self) -> tuple[Group, ...]:
         return self.rule.groups()
 
-    def emit(self, b: Builder, node: fx.Node, relevance: fx.Node) -> fx.Node:
-        """Emit the filter on the relevance of ``node``'s output."""
-        return b.call(top_k, relevance, self.percent, name=f"topk_{b.name(node)}")
-
 
 class Filtered(Composite):
     """``composite`` with a top-k filter on every node that ``where`` matches (default: every
@@ -102,15 +83,3 @@ class Filtered(Composite):
 
     def __repr__(self) -> str:
         return f"Filtered({self.inner!r}, percent={self.percent:g})"
-
-
-def unwrap(gm: fx.GraphModule) -> fx.GraphModule:
-    """Move filters out of the rules: a node annotated ``TopK(rule)`` gets ``rule`` in
-    ``meta["lrpfx.rule"]`` and the filter in ``meta["lrpfx.filter"]``, so ``check`` sees the
-    rule the op must support and ``codegen`` applies the filter first."""
-    for node in gm.graph.nodes:
-        rule = node.meta.get(meta.RULE)
-        if isinstance(rule, TopK):
-            node.meta[meta.RULE] = rule.rule
-            node.meta[FILTER] = rule
-    return gm

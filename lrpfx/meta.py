@@ -1,10 +1,10 @@
-"""Keys of the annotations lrpfx writes into ``node.meta``, and small graph questions."""
+"""Keys of the annotations lrpfx writes into ``node.meta`` (every one of them), and small graph
+questions."""
 
 from __future__ import annotations
 
 import re
 
-import networkx as nx
 from torch import fx
 
 PATH = "lrpfx.path"  # qualified name of the module the node came from ("features.0")
@@ -12,27 +12,20 @@ MODULE_TYPE = "lrpfx.module_type"  # class of that module
 ORIGIN = "lrpfx.origin"  # the spelling the node had before normalize ("nn.ReLU", "torch.relu")
 FOLDED = "lrpfx.folded"  # qualified names of BatchNorms folded into this node
 MAXPOOL = "lrpfx.maxpool"  # "avg" or "wta"
-RULE = "lrpfx.rule"  # the rule the composite assigned
+UNSUPPORTED = "lrpfx.unsupported"  # why a node was left as it was (normalize, maxpool)
+STRIPPED = "lrpfx.stripped"  # on the logits node: the output (log-)softmax stripped after it
+# facts, written once by passes.facts
+KIND = "lrpfx.kind"  # the op family (ops.table.OpKind), None for ops not in the table
+SHAPE = "lrpfx.shape"  # the value is a size, a rank, a dtype or integer arithmetic on them
+CARRIES = "lrpfx.carries"  # a tensor computed from the explained input: it receives relevance
+CONE = "lrpfx.cone"  # carries and reaches the output: relevance flows through it
 NONNEG = "lrpfx.nonneg"  # True when the value is statically known to be >= 0
-
-
-def to_networkx(graph: fx.Graph) -> nx.DiGraph:
-    """The data-flow graph of ``graph`` as a networkx DiGraph of fx nodes."""
-    g = nx.DiGraph()
-    for node in graph.nodes:
-        g.add_node(node)
-        for user in node.users:
-            g.add_edge(node, user)
-    return g
-
-
-def relevance_cone(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes on a path from an input to the output: the ones relevance can flow through."""
-    g = to_networkx(graph)
-    inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    output = next(n for n in graph.nodes if n.op == "output")
-    below: set[fx.Node] = set(inputs).union(*(nx.descendants(g, n) for n in inputs))
-    return below & nx.ancestors(g, output)
+GATE = "lrpfx.gate"  # the value lies in [0, 1] (a sigmoid or softmax, maybe re-indexed)
+TAKES_RULE = "lrpfx.takes_rule"  # the composite gives the node a rule
+RULE = "lrpfx.rule"  # the rule the composite assigned (annotate)
+FILTER = "lrpfx.filter"  # the relevance filter of the node's output (annotate)
+# program passes
+LIKE = "lrpfx.like"  # indices of the args whose shape and dtype the result has
 
 
 def identifier(path: str) -> str:

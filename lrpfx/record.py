@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from torch import fx
 
 from lrpfx import meta
-from lrpfx.ops.registry import lookup
 
 RecordSpec = bool | Sequence[str] | None
 
@@ -22,13 +21,10 @@ RecordSpec = bool | Sequence[str] | None
 def recordable(gm: fx.GraphModule, aliases: bool = False) -> dict[str, fx.Node]:
     """The names that can be recorded, in execution order, with the node each stands for;
     ``aliases`` adds the names of folded BatchNorms."""
-    modules = dict(gm.named_modules())
-    cone = meta.relevance_cone(gm.graph)
     names: dict[str, fx.Node] = {}
     folded: dict[str, fx.Node] = {}
     for node in gm.graph.nodes:
-        impl = lookup(node, modules)
-        if node not in cone or impl is None or impl.kind == "shape":
+        if not node.meta.get(meta.CONE) or node.op == "placeholder":
             continue
         base = node.meta.get(meta.PATH) or node.name
         name, k = base, 1

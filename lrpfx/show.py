@@ -20,7 +20,7 @@ from torch import fx
 
 from lrpfx import meta
 from lrpfx.filters import FILTER, TopK
-from lrpfx.ops.registry import lookup
+from lrpfx.ops.table import OpKind
 from lrpfx.passes.softmax import STRIPPED
 from lrpfx.rules import Epsilon, Rule, ZBox
 
@@ -171,15 +171,15 @@ def show(explainer: Explainer, console: Console | None = None, *,
 
 
 # the op families counted in the summary, in this order
-SUMMARY_KINDS = ("conv", "dense", "batchnorm", "maxpool", "avgpool", "add", "cat")
+SUMMARY_KINDS = (OpKind.CONV, OpKind.DENSE, OpKind.BATCHNORM, OpKind.MAXPOOL, OpKind.AVGPOOL,
+                 OpKind.ADD)
 
 
 def summary(explainer: Explainer) -> str:
     """One line: model, composite, how many layers of each kind, what canonization did."""
     gm = explainer.graph_module
-    modules = dict(gm.named_modules())
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
-    kinds = Counter(impl.kind for n in nodes if (impl := lookup(n, modules)) is not None)
+    kinds = Counter(n.meta[meta.KIND] for n in nodes if n.meta.get(meta.CONE))
     layers = [f"{kinds[k]} {k}" for k in SUMMARY_KINDS if kinds[k]]
     folded = sum(len(n.meta.get(meta.FOLDED, ())) for n in nodes)
     layers += [f"{folded} BatchNorm folded"] if folded else []

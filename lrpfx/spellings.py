@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
-from lrpfx.ops import functional as lf
+from lrpfx import runtime as rt
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> Converted:
         None if m.weight is None else m.weight.detach(),
         None if m.bias is None else m.bias.detach(), m.eps,
     )
-    return Call(lf.affine, (Param("scale", scale), Param("shift", shift)))
+    return Call(rt.affine, (Param("scale", scale), Param("shift", shift)))
 
 
 def _pool_args(n: int, kernel: Any, stride: Any, padding: Any) -> tuple[Any, ...]:

@@ -63,17 +63,3 @@ class Contrast:
         if other is None:
             other = output.scatter(1, _index(output, target), float("-inf")).argmax(1)
         return mine - logit(output, torch.as_tensor(other))
-
-
-def output_relevance(
-    output: torch.Tensor, target: Target, relevance: torch.Tensor | Seed | None
-) -> torch.Tensor:
-    """The relevance at the output (called by the generated program; see the module doc)."""
-    if relevance is None:
-        return logit(output, target)
-    if callable(relevance) and not isinstance(relevance, torch.Tensor):
-        return relevance(output, target)
-    if relevance.shape != output.shape:
-        raise ValueError(f"output_relevance has shape {tuple(relevance.shape)}, the model "
-                         f"output {tuple(output.shape)}; give one value per output entry")
-    return relevance

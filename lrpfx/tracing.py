@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx.errors import TraceError, UnsupportedOperationError
-from lrpfx.ops.registry import REGISTRY
+from lrpfx.ops.table import OPS
 
 LeafSpec = type[nn.Module] | str
 
@@ -93,7 +93,7 @@ class Tracer(fx.Tracer):
     def user_leaf(self, m: nn.Module, module_qualified_name: str) -> bool:
         """A leaf the user asked for: named in ``leaf_modules`` or registered."""
         return (isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names
-                or type(m) in REGISTRY)
+                or type(m) in OPS)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.user_leaf(m, module_qualified_name):

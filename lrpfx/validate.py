@@ -37,9 +37,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx import meta
+from lrpfx import runtime as rt
 from lrpfx.errors import NonFiniteError, StaleExplainerError
-from lrpfx.ops import functional as lf
-from lrpfx.ops.registry import lookup
 
 if TYPE_CHECKING:
     from lrpfx.explainer import Explainer
@@ -150,7 +149,6 @@ class _Expectation(NamedTuple):
 
 def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
     """What the layers that read the input first expect of it, through elementwise ops."""
-    modules = dict(gm.named_modules())
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     frontier, seen = list(placeholder.users), set()
     while frontier:
@@ -159,7 +157,6 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
             continue
         seen.add(node)
         layer = _where(node)
-        impl = lookup(node, modules)
         if node.target in _CONVS:
             weight = _attr(gm, node.args[1])
             groups = node.args[6] if len(node.args) > 6 else 1
@@ -170,7 +167,7 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
         elif node.target is F.linear:
             weight = _attr(gm, node.args[1])
             yield _Expectation(None, {} if weight is None else {-1: weight.shape[1]}, layer)
-        elif node.target is lf.affine or (impl is not None and impl.kind == "activation"):
+        elif node.target is rt.affine or node.meta.get(meta.KIND) == "activation":
             frontier.extend(node.users)
 
 

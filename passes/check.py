@@ -2,7 +2,9 @@
 
 Before: an annotated graph.
 After:  the same graph, unchanged; or ``UnsupportedOperationError`` naming, for every
-offending node, its module path, op, source line and what to do.
+offending node, its module path, op, source line and what to do. A node passes when the op
+table has a row for its op and its rule's class (or, without a rule, a row for that); fitted
+patterns are checked against their weights (``lrpfx.patterns.PatternError``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from torch import fx
 
 from lrpfx import meta
 from lrpfx.errors import UnsupportedOperationError
-from lrpfx.ops.registry import lookup
+from lrpfx.ops import table
+from lrpfx.ops.patterns import check_patterns
 
+NO_ROW = "no relevance implementation for this op"
 HINT = (
     "Fix: register a relevance implementation with @lrpfx.register(<op or module class>, "
     "kind=..., rules=(...)), give the node a supported rule in the composite, or mark a "
@@ -39,31 +43,32 @@ def source_line(node: fx.Node) -> str:
 
 
 def _problem(node: fx.Node, modules: dict) -> str | None:
-    impl = lookup(node, modules)
-    reason = node.meta.get("lrpfx.unsupported")
-    if reason and not (node.op == "call_module" and impl is not None):  # a registered module
+    key = table.op_key(node, modules)
+    facts = table.OPS.get(key) if key is not None else None
+    reason = node.meta.get(meta.UNSUPPORTED)
+    if reason and not (node.op == "call_module" and facts is not None):  # a registered module
         return reason
-    if impl is None:
-        return "no relevance implementation for this op"
-    if not impl.takes_rule(node):
-        return None
+    if facts is None:
+        return NO_ROW
     rule = node.meta.get(meta.RULE)
+    if not node.meta.get(meta.TAKES_RULE):
+        return None if table.backward(node, modules, None) else NO_ROW
     if rule is None:
         return "no composite entry matches it; add one for its class, name or kind"
-    if not isinstance(rule, impl.rules):
-        accepted = ", ".join(r.__name__ for r in impl.rules)
-        return f"rule {rule!r} is not supported by {impl.kind!r} ops (accepted: {accepted})"
+    if table.backward(node, modules, rule) is None:
+        accepted = ", ".join(r.__name__ for r in table.rules_of(key))  # type: ignore[arg-type]
+        return (f"rule {rule!r} is not supported by {facts.kind.value!r} ops "
+                f"(accepted: {accepted})")
     return None
 
 
 def check(gm: fx.GraphModule) -> fx.GraphModule:
     """Raise one error listing every node that cannot be explained (see the module docstring)."""
     modules = dict(gm.named_modules())
-    cone = meta.relevance_cone(gm.graph)
     problems = [
         f"{_where(n)}: {p}"
         for n in gm.graph.nodes
-        if n in cone and n.op not in ("placeholder", "output", "get_attr")
+        if n.meta.get(meta.CONE) and n.op not in ("placeholder", "get_attr")
         and (p := _problem(n, modules)) is not None
     ]
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
@@ -71,4 +76,5 @@ def check(gm: fx.GraphModule) -> fx.GraphModule:
         problems.append("output: the model must return one tensor")
     if problems:
         raise UnsupportedOperationError(problems, HINT)
+    check_patterns(gm)
     return gm

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
-from lrpfx.ops import functional as lf
+from lrpfx import runtime as rt
 
 FOLDABLE = {F.conv1d, F.conv2d, F.conv3d, F.linear}
 
@@ -36,7 +36,7 @@ def _value(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
 
 
 def _foldable(node: fx.Node) -> bool:
-    if node.op != "call_function" or node.target is not lf.affine:
+    if node.op != "call_function" or node.target is not rt.affine:
         return False
     layer = node.args[0]
     return (

@@ -65,7 +65,7 @@ def linearize(gm: fx.GraphModule) -> fx.GraphModule:
         with gm.graph.inserting_before(node):
             new = gm.graph.call_function(fn, (node.args[0], *args))
         new.meta = dict(node.meta)
-        new.meta.pop("lrpfx.unsupported", None)
+        new.meta.pop(meta.UNSUPPORTED, None)
         new.meta.setdefault(meta.ORIGIN, f"Tensor.{node.target}")
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)

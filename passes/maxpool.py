@@ -28,6 +28,6 @@ def maxpool(gm: fx.GraphModule, mode: MaxPoolMode = "avg") -> fx.GraphModule:
         if node.op == "call_function" and node.target in MAX_POOLS:
             dilation = node.args[4]
             if mode == "avg" and any(d != 1 for d in dilation):
-                node.meta["lrpfx.unsupported"] = "maxpool='avg' with dilation; use maxpool='wta'"
+                node.meta[meta.UNSUPPORTED] = "maxpool='avg' with dilation; use maxpool='wta'"
             node.meta[meta.MAXPOOL] = mode
     return gm

@@ -20,8 +20,6 @@ from torch import fx, nn
 from lrpfx import meta, spellings
 from lrpfx.spellings import Call, Param, Unsupported
 
-UNSUPPORTED = "lrpfx.unsupported"  # why a node was left as it was
-
 
 class _Keep:
     """The node is already canonical, or unknown: leave it as it is."""
@@ -129,7 +127,7 @@ def _rewrite(graph: fx.Graph, node: fx.Node, owner: _Owner) -> None:
     canonical = _canonical(node, owner)
     if isinstance(canonical, _Keep | Unsupported):
         if isinstance(canonical, Unsupported):
-            node.meta[UNSUPPORTED] = canonical.reason
+            node.meta[meta.UNSUPPORTED] = canonical.reason
         if node.op == "call_module":
             node.target = owner.keep_module(str(node.target))
         return

@@ -19,7 +19,7 @@ from torch import fx, nn
 from lrpfx import meta
 from lrpfx.errors import LrpfxError
 
-STRIPPED = "lrpfx.stripped"  # on the logits node: what was stripped after it
+STRIPPED = meta.STRIPPED  # on the logits node: what was stripped after it
 SOFTMAX_FUNCTIONS = {
     F.softmax: "softmax", torch.softmax: "softmax", torch.special.softmax: "softmax",
     F.log_softmax: "log-softmax", torch.log_softmax: "log-softmax",

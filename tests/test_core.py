@@ -120,7 +120,7 @@ def bn_net() -> nn.Module:
 def test_fold_batchnorm_removes_foldable_batchnorms_and_keeps_outputs():
     model = bn_net()
     gm = passes.fold_batchnorm(passes.normalize(trace(model)))
-    affine = [n for n in gm.graph.nodes if n.target is lrpfx.ops.functional.affine]
+    affine = [n for n in gm.graph.nodes if n.target is lrpfx.runtime.affine]
     assert len(affine) == 1 and affine[0].meta["lrpfx.path"] == "3"
     folded = [n.meta.get("lrpfx.folded") for n in gm.graph.nodes if n.meta.get("lrpfx.folded")]
     assert folded == [["1"], ["6"]]

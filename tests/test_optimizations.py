@@ -10,7 +10,8 @@ import torch
 from torch import fx, nn
 
 import lrpfx
-from lrpfx import codegen, composites, inplace, layout
+from lrpfx import composites, program
+from lrpfx.builder import like as state_like
 from lrpfx.ops import shortcuts
 
 PRESETS = {
@@ -61,7 +62,7 @@ def _explain(model, x, preset, maxpool):
 def test_in_place_and_known_signs_change_no_bit(net_and_input, preset, maxpool, monkeypatch):
     model, x = net_and_input
     fast = _explain(model, x, preset, maxpool)
-    monkeypatch.setattr(codegen, "inplace", lambda graph: graph)
+    monkeypatch.setattr(lrpfx.compiler, "PROGRAM_PASSES", (program.channels_last,))
     monkeypatch.setattr(shortcuts, "nonnegative", lambda *args: False)
     plain = _explain(model, x, preset, maxpool)
     assert torch.equal(fast, plain)
@@ -114,7 +115,7 @@ def _program(like=None):
     t = g.call_function(torch.conv2d, (x, w))
     out = g.call_function(operator.mul, (t, y))
     if like is not None:
-        inplace.like(out, *like)
+        state_like(out, *like)
     g.output(out)
     root = nn.Module()
     root.register_buffer("w", torch.ones(1, 1, 3, 3))
@@ -122,15 +123,20 @@ def _program(like=None):
     return g, out, root
 
 
+def _inplace(g, root=None):
+    """The in-place program pass on the program made of ``g`` (rewrites ``g``'s nodes)."""
+    return program.inplace(fx.GraphModule(root or nn.Module(), g))
+
+
 def test_in_place_checks_unknown_shapes_when_the_program_runs():
     g, out, root = _program()
-    inplace.inplace(g)
+    _inplace(g, root)
     assert out.target.__name__ == "mul_into"  # no stated shape: checked at run time
     x = torch.randn(1, 1, 4, 4)
     expected = torch.conv2d(x, root.w) * root.y  # (3, 1, 2, 2): larger than t
     torch.testing.assert_close(fx.GraphModule(root, g)(x), expected)
     g, out, root = _program(like=(0,))
-    inplace.inplace(g)
+    _inplace(g, root)
     assert out.target == "mul_"
 
 
@@ -144,7 +150,7 @@ def test_in_place_leaves_shared_values_and_inputs_alone():
     view = g.call_method("reshape", (v, -1))
     w = g.call_function(operator.neg, (v,))  # a view of v is read later: v is not written
     g.output((view, w, t))
-    inplace.inplace(g)
+    _inplace(g)
     assert [n.target for n in (y, t, u, v, w)] == [torch.relu, "mul_", operator.add, "sub_",
                                                    operator.neg]
 
@@ -156,7 +162,7 @@ def test_the_last_reader_writes_when_earlier_readers_made_new_tensors():
     a = g.call_function(operator.mul, (t, 2.0))  # reads t, makes a new tensor
     b = g.call_function(operator.add, (t, 1.0))  # the last reader of t
     g.output((a, b))
-    inplace.inplace(g)
+    _inplace(g)
     assert (a.target, b.target) == (operator.mul, "add_")
     value = torch.randn(5)
     out = fx.GraphModule(nn.Module(), g)(value)
@@ -173,7 +179,7 @@ def test_channels_last_changes_strides_not_results(net_and_input, preset, monkey
     assert kernels and all(b.is_contiguous(memory_format=torch.channels_last) for b in kernels)
     out = explainer(x)
     assert out.relevance.is_contiguous() and x.is_contiguous()
-    monkeypatch.setattr(layout, "channels_last", lambda program: program)
+    monkeypatch.setattr(lrpfx.compiler, "PROGRAM_PASSES", (program.inplace,))
     plain = lrpfx.compile(model, PRESETS[preset](), record=True)(x)
     torch.testing.assert_close(out.output, plain.output, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out.relevance, plain.relevance, rtol=1e-10, atol=1e-14)

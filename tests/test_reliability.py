@@ -12,17 +12,16 @@ from torch import nn
 
 import lrpfx
 from lrpfx import composites, rules
-from lrpfx.ops.registry import REGISTRY
+from lrpfx.ops import table
 from tests import dense
 
 
 @pytest.fixture
 def registry():
     """Registrations made by a test are undone after it."""
-    before = set(REGISTRY)
+    before = set(table.OPS)
     yield
-    for key in set(REGISTRY) - before:
-        del REGISTRY[key]
+    table.unregister(*(set(table.OPS) - before))
 
 
 # -- untraceable models ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch import nn
 
 import lrpfx
 from lrpfx import rules
-from lrpfx.ops.registry import REGISTRY
+from lrpfx.ops import table
 from lrpfx.tracing import Tracer
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -152,7 +152,7 @@ def scale_registered():
         return [(node.args[0], rel)]
 
     yield
-    del REGISTRY[Scale]
+    table.unregister(Scale)
 
 
 def test_converting_or_loading_the_explainer_never_writes_the_model(scale_registered):

@@ -1,7 +1,8 @@
-"""Relevance implementations of the canonical ops, one stanza per op family."""
+"""Relevance implementations of the canonical ops: the op table and its stanzas, one file per
+op family (each declares its ops' facts with ``defop`` and their rows with ``relevance``)."""
 
-# fill the registry, in this order: patterns extends the conv/dense entries of linear
-from lrpfx.ops import layernorm, linear, nary, patterns, routing, structural  # noqa: F401
-from lrpfx.ops.registry import REGISTRY, OpImpl, lookup, register
+from lrpfx.ops import activations, arithmetic, layernorm, linear, maxpool, patterns, routing
+from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance
 
-__all__ = ["REGISTRY", "OpImpl", "lookup", "register"]
+__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "defop", "layernorm",
+           "linear", "maxpool", "patterns", "register", "relevance", "routing"]

@@ -9,41 +9,34 @@ permute, this op, and a permute back, all canonical.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import fx
 
+from lrpfx import runtime as rt
 from lrpfx.builder import Builder
-from lrpfx.ops import functional as lf
-from lrpfx.ops.registry import Contribution, register
-from lrpfx.rules import LNRule, Pass, Rule
+from lrpfx.ops.table import Contribution, OpKind, defop, relevance
+from lrpfx.rules import LNRule, Pass
+
+defop(F.layer_norm, kind=OpKind.LAYERNORM)
 
 
-def layer_norm_transpose(
-    s: torch.Tensor, x: torch.Tensor, normalized_shape: Sequence[int],
-    weight: torch.Tensor | None, eps: float,
-) -> torch.Tensor:
-    """``Wᵀ s`` for ``W = diag(w / σ) (I − 1/N)``, the Jacobian of LayerNorm at constant σ."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    sigma = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
-    t = s / sigma if weight is None else s * weight / sigma
-    return t - t.mean(dims, keepdim=True)
+@relevance(F.layer_norm, rule=Pass)
+def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
+    """Pass: ``R_in = R_out``."""
+    return [(node.args[0], rel)]  # type: ignore[list-item]
 
 
-@register(F.layer_norm, kind="layernorm", rules=(LNRule, Pass))
-def _layer_norm(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> list[Contribution]:
-    """LN-rule: ``R_i = x_i (t_i − mean(t))``, ``t = w ⊙ R / (σ stabilize(z))``; Pass: ``R``."""
+@relevance(F.layer_norm, rule=LNRule)
+def _ln_rule(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule) -> list[Contribution]:
+    """LN-rule: ``R_i = x_i (t_i − mean(t))``, ``t = w ⊙ R / (σ stabilize(z))``."""
     x, shape, weight, bias, eps = node.args
-    assert isinstance(x, fx.Node) and isinstance(rule, (LNRule, Pass))
-    if isinstance(rule, Pass):
-        return [(x, rel)]
+    assert isinstance(x, fx.Node)
     tag = b.name(node)
     z = b[node]
     if rule.ignore_bias and isinstance(bias, fx.Node):
         z = b.call(operator.sub, z, b[bias], name=f"z_{tag}")
-    s = b.call(operator.truediv, rel, b.call(lf.stabilize, z, rule.stabilizer, name=f"z_{tag}"),
+    s = b.call(operator.truediv, rel, b.call(rt.stabilize, z, rule.stabilizer, name=f"z_{tag}"),
                name=f"s_{tag}")
-    c = b.call(layer_norm_transpose, s, b[x], shape, b.map(weight), eps, name=f"c_{tag}")
+    c = b.call(rt.layer_norm_transpose, s, b[x], shape, b.map(weight), eps, name=f"c_{tag}")
     return [(x, b.call(operator.mul, b[x], c, name=f"r_{tag}"))]

@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
-from lrpfx.builder import Builder
-from lrpfx.inplace import like
-from lrpfx.ops import functional as lf
+from lrpfx import runtime as rt
+from lrpfx.builder import Builder, like
 from lrpfx.ops import shortcuts
-from lrpfx.ops.registry import Backward, Contribution, register
+from lrpfx.ops.table import Backward, Contribution, OpKind, defop, relevance
 from lrpfx.rules import (
     IDENTITY,
     AlphaBeta,
@@ -70,54 +69,35 @@ _CONV = LinearOp(
         n.target, x, w, bias, *_rest(b, n, 3), name=f"z_{b.name(n)}"
     ),
     transpose=lambda b, n, s, w: b.call(
-        lf.conv_transpose, s, b[n.args[0]], w, *_rest(b, n, 3), name=f"c_{b.name(n)}"
+        rt.conv_transpose, s, b[n.args[0]], w, *_rest(b, n, 3), name=f"c_{b.name(n)}"
     ),
     weight=1,
     bias=2,
 )
 _LINEAR = LinearOp(
     forward=lambda b, n, x, w, bias: b.call(F.linear, x, w, bias, name=f"z_{b.name(n)}"),
-    transpose=lambda b, n, s, w: b.call(lf.linear_transpose, s, w, name=f"c_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.linear_transpose, s, w, name=f"c_{b.name(n)}"),
     weight=1,
     bias=2,
 )
 _AFFINE = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(lf.affine, x, w, bias, name=f"z_{b.name(n)}"),
-    transpose=lambda b, n, s, w: b.call(lf.affine, s, w, None, name=f"c_{b.name(n)}"),
+    forward=lambda b, n, x, w, bias: b.call(rt.affine, x, w, bias, name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.affine, s, w, None, name=f"c_{b.name(n)}"),
     weight=1,
     bias=2,
 )
 _AVG_POOL = LinearOp(
     forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
     transpose=lambda b, n, s, w: b.call(
-        lf.avg_pool_transpose, s, b[n.args[0]], *_rest(b, n, 1), name=f"c_{b.name(n)}"
+        rt.avg_pool_transpose, s, b[n.args[0]], *_rest(b, n, 1), name=f"c_{b.name(n)}"
     ),
 )
 _ADAPTIVE_POOL = LinearOp(
     forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
     transpose=lambda b, n, s, w: b.call(
-        lf.adaptive_avg_pool_transpose, s, b[n.args[0]], name=f"c_{b.name(n)}"
+        rt.adaptive_avg_pool_transpose, s, b[n.args[0]], name=f"c_{b.name(n)}"
     ),
 )
-# a max-pool read as an average pool of the same windows (forward stays a max-pool)
-_MAX_AS_AVG = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(
-        lf.avg_pool, x, *_max_pool_windows(b, n), name=f"z_{b.name(n)}"
-    ),
-    transpose=lambda b, n, s, w: b.call(
-        lf.avg_pool_transpose, s, b[n.args[0]], *_max_pool_windows(b, n), True, None,
-        name=f"c_{b.name(n)}",
-    ),
-    output_is_z=False,
-)
-
-
-def _max_pool_windows(b: Builder, n: fx.Node) -> tuple[Any, ...]:
-    """kernel, stride, padding, ceil_mode of a canonical max-pool (x, k, s, p, dilation, ceil)."""
-    x, kernel, stride, padding, _dilation, ceil_mode = n.args
-    return kernel, stride, padding, ceil_mode
-
-
 def _simplify(term: Term, nonneg: bool) -> Term | None:
     """Drop the x⁻ part of a term for an input known to be >= 0 (and x⁺ = x there)."""
     if nonneg and term.input == "x-":
@@ -160,7 +140,7 @@ class _Inputs:
         if kind == "x-":
             return b.call(torch.clamp, x, max=0, name=f"xneg_{b.name(n)}")
         if kind == "ones":
-            ones = lf.ones_sample if self.per_sample else torch.ones_like
+            ones = rt.ones_sample if self.per_sample else torch.ones_like
             return b.call(ones, x, name=f"ones_{b.name(n)}")
         if kind not in self.cache:  # the bound itself, shared by the forward and the product
             weight = b.tensor(n.args[1])  # type: ignore[arg-type]  # zB is for conv/dense
@@ -170,7 +150,7 @@ class _Inputs:
         if not for_forward:
             return value
         if self.per_sample:
-            return b.call(lf.expand_sample, value, x, name=f"{kind}_{b.name(n)}")
+            return b.call(rt.expand_sample, value, x, name=f"{kind}_{b.name(n)}")
         return b.method("expand_as", value, x, name=f"{kind}_{b.name(n)}")
 
 
@@ -224,17 +204,10 @@ def _z(b: Builder, op: LinearOp, node: fx.Node, terms: list[Term],
     return _signed_sum(b, parts, f"z_{b.name(node)}", full), any(full)
 
 
-def std_epsilon(z: torch.Tensor, factor: float) -> torch.Tensor:
-    """``factor · sqrt(mean(z²)) + 1e-9`` per sample, shaped to broadcast against ``z``
-    (the ε of ``Epsilon(factor, scale="std")``; runs in the generated program)."""
-    rms = z.detach().flatten(1).square().mean(1).sqrt()
-    return (factor * rms + 1e-9).reshape((-1,) + (1,) * (z.dim() - 1))
-
-
 def _stabilizer(b: Builder, rule: Rule, z: fx.Node, tag: str) -> float | fx.Node:
     """The ε of the denominator: the rule's constant, or one scaled by the std of ``z``."""
     if isinstance(rule, Epsilon) and rule.scale == "std":
-        return b.call(std_epsilon, z, rule.epsilon, name=f"eps_{tag}")
+        return b.call(rt.std_epsilon, z, rule.epsilon, name=f"eps_{tag}")
     return rule.stabilizer
 
 
@@ -260,7 +233,7 @@ def _group(
     if shortcuts.nonnegative(terms, nonneg, op.weight is not None, _biased(op, node)):
         z = like(b.call(operator.add, z, epsilon, name=f"z_{tag}"), 0)  # z >= 0: z + ε sign0(z)
     else:
-        z = b.call(lf.stabilize, z, epsilon, name=f"z_{tag}")
+        z = b.call(rt.stabilize, z, epsilon, name=f"z_{tag}")
     s = like(b.call(operator.truediv, rel, z, name=f"s_{tag}"), *((0, 1) if full else (0,)))
     if group.where is not None:
         compare = operator.gt if group.where == "z>0" else operator.lt
@@ -301,8 +274,6 @@ def linear_rule(op: LinearOp) -> Backward:
     def backward(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> list[Contribution]:
         x = node.args[0]
         assert isinstance(x, fx.Node)
-        if isinstance(rule, Pass):
-            return [(x, rel)]
         inputs = _Inputs(b, node, rule, per_sample=op.weight is not None)
         transposed = [t for g in rule.groups() for t in _group(b, op, node, rel, rule, g, inputs)]
         if not transposed:
@@ -312,52 +283,21 @@ def linear_rule(op: LinearOp) -> Backward:
     return backward
 
 
-register(F.conv1d, F.conv2d, F.conv3d, kind="conv", rules=LAYER_RULES)(linear_rule(_CONV))
-register(F.linear, kind="dense", rules=LAYER_RULES)(linear_rule(_LINEAR))
-register(lf.affine, kind="batchnorm", rules=(*LAYER_RULES, Pass))(linear_rule(_AFFINE))
-register(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, kind="avgpool", rules=POOL_RULES)(
-    linear_rule(_AVG_POOL)
-)
-register(
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    kind="avgpool", rules=POOL_RULES,
-)(linear_rule(_ADAPTIVE_POOL))
+defop(F.conv1d, F.conv2d, F.conv3d, kind=OpKind.CONV)
+defop(F.linear, kind=OpKind.DENSE)
+defop(rt.affine, kind=OpKind.BATCHNORM)
+defop(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+      F.adaptive_avg_pool3d, kind=OpKind.AVGPOOL, keeps_nonneg=True)
 
-# -- max-pool: a real max-pool forward; the backward as an average pool or winner-takes-all ----
-_MAX_POOL_WITH_INDICES = {
-    F.max_pool1d: F.max_pool1d_with_indices,
-    F.max_pool2d: F.max_pool2d_with_indices,
-    F.max_pool3d: F.max_pool3d_with_indices,
-}
+relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(_CONV))
+relevance(F.linear, rule=LAYER_RULES)(linear_rule(_LINEAR))
+relevance(rt.affine, rule=LAYER_RULES)(linear_rule(_AFFINE))
+relevance(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, rule=POOL_RULES)(linear_rule(_AVG_POOL))
+relevance(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+          rule=POOL_RULES)(linear_rule(_ADAPTIVE_POOL))
 
 
-def _max_pool_forward(b: Builder, node: fx.Node) -> fx.Node:
-    """Keep the argmax indices when relevance is routed winner-takes-all."""
-    if node.meta.get(meta.MAXPOOL) != "wta":
-        return b.copy(node)
-    pooled = b.call(_MAX_POOL_WITH_INDICES[node.target], *b.map(node.args),  # type: ignore[index]
-                    name=f"{meta.display_name(node)}_with_indices")
-    indices = b.call(operator.getitem, pooled, 1, name=f"indices_{meta.display_name(node)}")
-    # the input's shape, not the input: the backward needs no more, and the input is freed
-    size = b.method("size", b[node.args[0]], name=f"size_{meta.display_name(node)}")
-    b.saved[node] = (indices, size)
-    return b.call(operator.getitem, pooled, 0, name=meta.display_name(node))
-
-
-_average = linear_rule(_MAX_AS_AVG)
-
-
-@register(
-    *_MAX_POOL_WITH_INDICES, kind="maxpool", rules=POOL_RULES, forward=_max_pool_forward,
-    needs_rule=lambda n: n.meta.get(meta.MAXPOOL) != "wta",
-)
-def _max_pool(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule | None) -> list[Contribution]:
-    """``"avg"``: the z-rule of the average pool over the same windows; ``"wta"``: the argmax."""
-    x = node.args[0]
-    assert isinstance(x, fx.Node)
-    if node.meta.get(meta.MAXPOOL) == "wta":
-        indices, size = b.saved[node]
-        routed = b.call(lf.scatter_to_indices, rel, size, indices, name=f"r_{b.name(node)}")
-        return [(x, routed)]
-    assert rule is not None
-    return list(_average(b, node, rel, rule))
+@relevance(rt.affine, rule=Pass)
+def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
+    """An unfolded BatchNorm passes relevance (the presets' default)."""
+    return [(node.args[0], rel)]  # type: ignore[list-item]

@@ -10,17 +10,15 @@ compile time and stored as a buffer of the program::
 bias plays no part. Through the ReLUs both take the forward mask (``rules.Gradient``, which the
 pattern composites put on the activations).
 
-The conv and dense entries of the registry are extended, not replaced: other rules still go to
-the linear family's recipe. Patterns are looked up by the key of each layer node
-(``pattern_keys``), the same keys ``lrpfx.patterns.fit`` stores them under.
+They are rows of the conv and dense ops beside the linear family's. Patterns are looked up by the
+key of each layer node (``pattern_keys``), the same keys ``lrpfx.patterns.fit`` stores them
+under; ``passes.check`` checks every pattern against its weight (``check_patterns``).
 """
 
 from __future__ import annotations
 
-import weakref
+import operator
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,10 +26,10 @@ import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
+from lrpfx import runtime as rt
 from lrpfx.builder import Builder
-from lrpfx.ops import functional as lf
-from lrpfx.ops.registry import REGISTRY, Contribution, OpImpl
-from lrpfx.rules import PatternAttribution, PatternNet, Rule
+from lrpfx.ops.table import Contribution, relevance
+from lrpfx.rules import PatternAttribution, PatternNet
 
 LAYERS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
 PATTERN_RULES = (PatternNet, PatternAttribution)
@@ -67,39 +65,35 @@ def describe(node: fx.Node) -> str:
     return f"node {node.name} ({origin}{f', module {path!r}' if path else ''})"
 
 
-# canonical graphs whose patterns were checked against their weights (once per compile)
-_CHECKED: weakref.WeakSet[fx.GraphModule] = weakref.WeakSet()
-
-
-def _check_all(b: Builder) -> None:
-    """Check every pattern-rule layer of the graph at once, so one error lists every problem."""
-    if b.source in _CHECKED:
-        return
+def check_patterns(gm: fx.GraphModule) -> None:
+    """Check every pattern-rule layer of an annotated graph against its weight, so that one
+    ``PatternError`` lists every problem."""
     requests: dict[int, tuple[Any, list[tuple[str, str, torch.Tensor]]]] = {}
-    for node, key in pattern_keys(b.source.graph).items():
+    for node, key in pattern_keys(gm.graph).items():
         rule = node.meta.get(meta.RULE)
         if isinstance(rule, PATTERN_RULES):
             entry = requests.setdefault(id(rule.patterns), (rule.patterns, []))
-            entry[1].append((describe(node), key, b.tensor(node.args[1])))  # type: ignore[arg-type]
+            weight = operator.attrgetter(str(node.args[1].target))(gm)  # type: ignore[union-attr]
+            entry[1].append((describe(node), key, weight.detach()))
     for patterns, layers in requests.values():
         patterns.check(layers)  # raises lrpfx.patterns.PatternError naming every layer
-    _CHECKED.add(b.source)
 
 
 def _transpose(b: Builder, node: fx.Node, rel: fx.Node, matrix: fx.Node) -> fx.Node:
     """``f_Mᵀ(R)``: the transpose of the layer with weight ``matrix``, applied to ``R``."""
     name = f"r_{b.name(node)}"
     if node.target is F.linear:
-        return b.call(lf.linear_transpose, rel, matrix, name=name)
+        return b.call(rt.linear_transpose, rel, matrix, name=name)
     rest = tuple(b.map(a) for a in node.args[3:])
-    return b.call(lf.conv_transpose, rel, b[node.args[0]], matrix, *rest, name=name)
+    return b.call(rt.conv_transpose, rel, b[node.args[0]], matrix, *rest, name=name)
 
 
-def pattern_backward(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> list[Contribution]:
+@relevance(*LAYERS, rule=PATTERN_RULES)
+def _pattern(b: Builder, node: fx.Node, rel: fx.Node, rule: PatternNet | PatternAttribution
+             ) -> list[Contribution]:
     """PatternNet: ``R_in = f_aᵀ(R)``; PatternAttribution: ``R_in = f_{w⊙a}ᵀ(R)``."""
-    _check_all(b)
     x = node.args[0]
-    assert isinstance(x, fx.Node) and isinstance(rule, PATTERN_RULES)
+    assert isinstance(x, fx.Node)
     weight = b.tensor(node.args[1])  # type: ignore[arg-type]
     pattern = rule.patterns[pattern_keys(b.source.graph)[node]].to(weight)
     tag = b.name(node)
@@ -108,18 +102,3 @@ def pattern_backward(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> lis
     else:
         matrix = b.constant(pattern, name=f"a_{tag}")
     return [(x, _transpose(b, node, rel, matrix))]
-
-
-def _with_patterns(impl: OpImpl) -> OpImpl:
-    """``impl`` taking the pattern rules too; every other rule still goes to ``impl``."""
-
-    def backward(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> Sequence[Contribution]:
-        if isinstance(rule, PATTERN_RULES):
-            return pattern_backward(b, node, rel, rule)
-        return impl.backward(b, node, rel, rule)
-
-    return replace(impl, backward=backward, rules=(*impl.rules, *PATTERN_RULES))
-
-
-for _layer in LAYERS:
-    REGISTRY[_layer] = _with_patterns(REGISTRY[_layer])

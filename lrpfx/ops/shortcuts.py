@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from lrpfx.builder import Builder
-from lrpfx.inplace import like
-from lrpfx.ops import functional as lf
+from lrpfx import runtime as rt
+from lrpfx.builder import Builder, like
 from lrpfx.rules import ONES, Mod, Term
 
 CONVOLUTIONS = (F.conv1d, F.conv2d, F.conv3d)
@@ -61,13 +60,13 @@ def flat_conv(b: Builder, node: fx.Node, rel: fx.Node, epsilon: float | fx.Node)
     window = tuple(b.map(a) for a in node.args[3:6])  # stride, padding, dilation
     kernel = b.constant(torch.ones((1, 1, *weight.shape[2:]), dtype=weight.dtype,
                                    device=weight.device), name=f"ones_kernel_{tag}")
-    ones = b.call(lf.ones_spatial, x, name=f"ones_{tag}")
+    ones = b.call(rt.ones_spatial, x, name=f"ones_{tag}")
     count = b.call(node.target, ones, kernel, None, *window, 1, name=f"z_{tag}")  # type: ignore[arg-type]
     channels = weight.shape[1]
     z = count if channels == 1 else b.call(operator.mul, count, channels, name=f"z_{tag}")
     z = like(b.call(operator.add, z, epsilon, name=f"z_{tag}"), 0)
     s = like(b.call(operator.truediv, rel, z, name=f"s_{tag}"), 0)
-    s = b.call(lf.channel_sum, s, name=f"s_{tag}")
-    one = b.call(lf.one_channel, x, name=f"one_channel_{tag}")
-    c = b.call(lf.conv_transpose, s, one, kernel, *window, 1, name=f"c_{tag}")
-    return b.call(lf.repeat_channels, c, x, name=f"r_{tag}")
+    s = b.call(rt.channel_sum, s, name=f"s_{tag}")
+    one = b.call(rt.one_channel, x, name=f"one_channel_{tag}")
+    c = b.call(rt.conv_transpose, s, one, kernel, *window, 1, name=f"c_{tag}")
+    return b.call(rt.repeat_channels, c, x, name=f"r_{tag}")

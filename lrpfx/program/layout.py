@@ -15,17 +15,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from lrpfx.runtime import contiguous, to_channels_last
+
 CONVOLUTIONS_2D = (torch.conv2d, torch.nn.functional.conv2d)
-
-
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` channels-last when it is a batch of images; anything else as it is."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-def contiguous(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the usual (row-major) layout."""
-    return x.contiguous()
 
 
 def channels_last(program: fx.GraphModule) -> fx.GraphModule:

@@ -12,12 +12,14 @@ Broadcasting could make a result larger than an operand: a tensor-tensor op beco
 method only when its emitter stated which operands have the result's shape and dtype
 (``like(node, 0, 1)``; a tensor-number op has its tensor's); without that statement it calls a
 helper (``mul_into``...) that checks the shapes when the program runs.
+
+Which calls make new tensors, and which have in-place variants: for torch's own functions the
+tables below; for lrpfx's runtime functions their ``@kernel`` declarations.
 """
 
 from __future__ import annotations
 
 import operator
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-LIKE = "lrpfx.like"  # indices of the args whose shape and dtype the result has
+from lrpfx import meta
+from lrpfx import runtime as rt
 
 # call_function targets whose result is a new tensor (arithmetic: when an operand is a tensor)
 FRESH: set[Any] = {
@@ -36,19 +39,13 @@ FRESH: set[Any] = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, operator.add, operator.sub, operator.mul,
     operator.truediv, operator.neg,
 }
-# runtime helpers of lrpfx.ops.functional that return a new tensor
-FRESH_HELPERS = {
-    "conv_transpose", "linear_transpose", "avg_pool_transpose", "adaptive_avg_pool_transpose",
-    "avg_pool", "stabilize", "stabilize_", "affine", "scatter_to_indices", "repeat_channels",
-    "channel_sum", "mul_into", "add_into", "sub_into", "div_into", "sub_into_second",
-    "div_into_second",
-}
 # tensor ∘ tensor without a stated shape: helpers that check the shapes when the program runs
-CHECKED = {operator.add: ("add_into", "add_into"), operator.mul: ("mul_into", "mul_into"),
-           operator.sub: ("sub_into", "sub_into_second"),
-           operator.truediv: ("div_into", "div_into_second")}
-# runtime helpers with a variant that writes into their first argument
-HELPERS_IN_PLACE = {"stabilize": "stabilize_"}
+# (into the first operand, into the second)
+CHECKED: dict[Any, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    operator.add: (rt.add_into, rt.add_into), operator.mul: (rt.mul_into, rt.mul_into),
+    operator.sub: (rt.sub_into, rt.sub_into_second),
+    operator.truediv: (rt.div_into, rt.div_into_second),
+}
 UNARY: dict[Any, str] = {torch.relu: "relu_", operator.neg: "neg_"}
 BINARY: dict[Any, str] = {operator.add: "add_", operator.sub: "sub_", operator.mul: "mul_",
                           operator.truediv: "div_"}
@@ -58,12 +55,6 @@ INTO_SECOND: dict[Any, Callable[..., Any]] = {operator.sub: torch.sub,
 # views: owned when their base is owned and read by the view alone
 VIEWS: set[Any] = {torch.reshape, torch.flatten, torch.unflatten}
 VIEW_METHODS = {"reshape_as", "view_as", "reshape", "view", "flatten"}
-
-
-def like(node: fx.Node, *indices: int) -> fx.Node:
-    """State that ``node``'s result has the shape and dtype of ``node.args[i]`` for each index."""
-    node.meta[LIKE] = indices
-    return node
 
 
 def _owned(graph: fx.Graph) -> set[fx.Node]:
@@ -88,16 +79,9 @@ def _owned(graph: fx.Graph) -> set[fx.Node]:
     return owned
 
 
-def _helper_name(target: Any) -> str | None:
-    """The name of a runtime helper of ``lrpfx.ops.functional``, else None."""
-    if getattr(target, "__module__", None) == "lrpfx.ops.functional":
-        return str(target.__name__)
-    return None
-
-
 def _fresh(target: Any) -> bool:
-    name = _helper_name(target)
-    return name in FRESH_HELPERS if name is not None else target in FRESH
+    facts = rt.kernel_of(target)
+    return facts.fresh if facts is not None else target in FRESH
 
 
 def _is_view(node: fx.Node) -> bool:
@@ -134,9 +118,9 @@ def _rewrite(node: fx.Node, owned: _Owned) -> bool:
     if node.op != "call_function" or node.kwargs:
         return False
     args = node.args
-    name = _helper_name(node.target)
-    if name in HELPERS_IN_PLACE and args and owned.free(node, args[0]):
-        node.target = getattr(sys.modules[node.target.__module__], HELPERS_IN_PLACE[name])
+    facts = rt.kernel_of(node.target)
+    if facts is not None and facts.inplace is not None and args and owned.free(node, args[0]):
+        node.target = facts.inplace
         return True
     if node.target in UNARY and len(args) == 1 and owned.free(node, args[0]):
         node.op, node.target = "call_method", UNARY[node.target]
@@ -144,7 +128,7 @@ def _rewrite(node: fx.Node, owned: _Owned) -> bool:
     if node.target not in BINARY or len(args) != 2:
         return False
     a, b = args
-    allowed = node.meta.get(LIKE)
+    allowed = node.meta.get(meta.LIKE)
     if not isinstance(b, fx.Node):
         allowed = (0,)
     elif not isinstance(a, fx.Node) or a is b:
@@ -166,23 +150,24 @@ def _rewrite(node: fx.Node, owned: _Owned) -> bool:
 def _checked(node: fx.Node, owned: _Owned) -> bool:
     """A tensor-tensor op of unknown shapes: a helper writes in place if the shapes allow."""
     a, b = node.args
-    into_first, into_second = CHECKED[node.target]  # type: ignore[index]
-    helpers = sys.modules["lrpfx.ops.functional"]
+    into_first, into_second = CHECKED[node.target]
     if owned.free(node, a):
-        node.target = getattr(helpers, into_first)
+        node.target = into_first
     elif owned.free(node, b) and node.target in COMMUTATIVE:
-        node.target, node.args = getattr(helpers, into_first), (b, a)
+        node.target, node.args = into_first, (b, a)
     elif owned.free(node, b):
-        node.target = getattr(helpers, into_second)
+        node.target = into_second
     else:
         return False
     return True
 
 
-def inplace(graph: fx.Graph) -> fx.Graph:
-    """Rewrite the qualifying elementwise nodes of ``graph`` in place (see the module doc)."""
-    owned = _Owned(graph)
-    for node in graph.nodes:
+def inplace(program: fx.GraphModule) -> fx.GraphModule:
+    """Rewrite the qualifying elementwise nodes of ``program`` in place (see the module doc)."""
+    owned = _Owned(program.graph)
+    for node in program.graph.nodes:
         if _rewrite(node, owned):
             owned.nodes.add(node)
-    return graph
+    program.graph.lint()
+    program.recompile()
+    return program

@@ -1,0 +1,92 @@
+"""How compile time grows with the length of the graph: chains of N residual blocks.
+
+Each block is ``x + relu(Linear(x))`` (plain) or ``x + h * sigmoid(h)`` with ``h = Linear(x)``
+(gated, a gate and a residual per block), so a chain of N blocks has N residual adds and 4N to
+6N nodes. ``lrpfx.compile`` is timed once per N (after one small warm-up compile), and the
+ratio ``t(2N) / t(N)`` says how it grows: 2 is linear, 4 quadratic. The last N is compiled
+once more and explained once, as a check that nothing recurses with the depth of the graph.
+
+    python examples/compile_scaling.py                         # N = 250, 500, 1000, 2000; 5000
+    python examples/compile_scaling.py --blocks 100 200 --deep 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+import lrpfx
+
+
+class Block(nn.Module):
+    """One residual block: ``x + relu(W x + b)``, or gated ``x + h * sigmoid(h)``."""
+
+    def __init__(self, width: int, gated: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        self.gated = gated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return x + (h * torch.sigmoid(h) if self.gated else torch.relu(h))
+
+
+def chain(blocks: int, gated: bool, width: int = 8) -> nn.Module:
+    """``blocks`` residual blocks and a head of 3 classes, in eval mode."""
+    torch.manual_seed(0)
+    layers = [Block(width, gated) for _ in range(blocks)]
+    for layer in layers:  # small weights: the residual stream stays finite at any depth
+        nn.init.normal_(layer.linear.weight, std=0.01)
+    return nn.Sequential(*layers, nn.Linear(width, 3)).eval()
+
+
+def compile_time(model: nn.Module) -> tuple[float, lrpfx.Explainer]:
+    gc.collect()
+    start = time.perf_counter()
+    explainer = lrpfx.compile(model, "epsilon")
+    return time.perf_counter() - start, explainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    parser.add_argument("--deep", type=int, default=5000,
+                        help="blocks of the deep check (0: skip it)")
+    args = parser.parse_args()
+    console = Console()
+    compile_time(chain(10, gated=True))  # warm-up: imports, first fx code generation
+    table = Table(title="lrpfx.compile time by chain length (one run each)")
+    for column in ("blocks", "nodes", "plain s", "plain t(2N)/t(N)", "gated s",
+                   "gated t(2N)/t(N)"):
+        table.add_column(column, justify="right")
+    previous: dict[bool, tuple[int, float]] = {}
+    for n in args.blocks:
+        row = [str(n), ""]
+        for gated in (False, True):
+            seconds, explainer = compile_time(chain(n, gated))
+            row[1] = str(len(explainer.graph_module.graph.nodes))
+            last = previous.get(gated)
+            ratio = f"{seconds / last[1]:.2f}" if last and n == 2 * last[0] else ""
+            row += [f"{seconds:.2f}", ratio]
+            previous[gated] = (n, seconds)
+        table.add_row(*row)
+        console.print(f"  {n} blocks done", style="dim")
+    console.print(table)
+    if args.deep:
+        seconds, explainer = compile_time(chain(args.deep, gated=False))
+        out = explainer(torch.randn(2, 8), target=0)
+        total = float(out.relevance.sum())
+        logit = float(out.output[:, 0].sum())
+        console.print(f"{args.deep} residual adds ({len(explainer.graph_module.graph.nodes)} "
+                      f"nodes): compiled in {seconds:.1f} s, explained; Σ R = {total:.4g}, "
+                      f"logits {logit:.4g}")
+
+
+if __name__ == "__main__":
+    main()

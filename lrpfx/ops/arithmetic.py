@@ -1,0 +1,106 @@
+"""Arithmetic: sums and differences of tensors, products (scales and gates), division by
+constants, reductions (``mean``/``sum`` over dimensions), and Python integer arithmetic.
+
+Identities (``s = R / stabilize(z)``, ``z`` the node's output):
+
+- ``z = a ± c`` (two tensors, Norm): ``R_a = a s``, ``R_c = ± c s``; broadcast inputs sum their
+  share back to their shape. A constant operand is a bias: it keeps its share, or, when the rule
+  ignores biases, the op is the identity and ``R`` passes to the tensor.
+- ``z = a * c`` with a constant factor (layer scale): ``R_a = R``. Two tensor factors: the
+  ``Gating`` rule decides the shares (a sigmoid/softmax factor is a gate; the signal takes all).
+- ``z = mean(x, dims)`` / ``sum(x, dims)``: the linear family with the transposed reduction.
+- ``//``, ``%``, ``**``: shape arithmetic only (``channels // groups``); on tensors they have
+  no row, and ``check`` says so.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+from torch import fx
+
+from lrpfx import meta
+from lrpfx import runtime as rt
+from lrpfx.builder import Builder
+from lrpfx.ops.linear import LinearOp, linear_rule
+from lrpfx.ops.table import Contribution, OpKind, carries, defop, relevance, unsupported
+from lrpfx.rules import Epsilon, Flat, Gating, Norm
+
+defop(operator.add, operator.sub, kind=OpKind.ADD)
+defop(operator.mul, kind=OpKind.MUL,
+      rule_when=lambda node: sum(carries(a) for a in node.args[:2]) == 2)
+defop(operator.truediv, operator.neg, kind=OpKind.SCALE)
+defop(operator.floordiv, operator.mod, operator.pow, kind=OpKind.SHAPE)
+defop(torch.mean, torch.sum, kind=OpKind.SUM)
+
+
+@relevance(operator.add, operator.sub, rule=(Norm, Epsilon))
+def _add(b: Builder, node: fx.Node, rel: fx.Node, rule: Norm | Epsilon) -> list[Contribution]:
+    """``a ± c``: relevance in proportion to the contributions ``a`` and ``± c`` (Norm)."""
+    signs = (1.0, 1.0 if node.target is operator.add else -1.0)
+    terms = [(a, sign) for a, sign in zip(node.args[:2], signs, strict=True)
+             if isinstance(a, fx.Node) and carries(a)]
+    tag = b.name(node)
+    if len(terms) == 1 and rule.ignore_bias:  # ± x + bias with the bias ignored: the identity
+        a = terms[0][0]
+        return [(a, b.call(rt.unbroadcast, rel, b[a], name=f"r_{tag}"))]
+    z = b.call(rt.stabilize, b[node], rule.stabilizer, name=f"z_{tag}")
+    s = b.call(operator.truediv, rel, z, name=f"s_{tag}")
+    out = []
+    for a, sign in terms:
+        r = b.call(operator.mul, b[a], s, name=f"r_{tag}")
+        if sign < 0:
+            r = b.call(operator.neg, r, name=f"r_{tag}")
+        out.append((a, b.call(rt.unbroadcast, r, b[a], name=f"r_{tag}")))
+    return out
+
+
+@relevance(operator.mul)
+def _scale_by_constant(b: Builder, node: fx.Node, rel: fx.Node, rule: None
+                       ) -> list[Contribution]:
+    """``x * c`` with a constant ``c`` (layer scale): ``R_x = R``."""
+    x = next(a for a in node.args[:2] if isinstance(a, fx.Node) and carries(a))
+    return [(x, b.call(rt.unbroadcast, rel, b[x], name=f"r_{b.name(node)}"))]
+
+
+@relevance(operator.mul, rule=Gating)
+def _gated(b: Builder, node: fx.Node, rel: fx.Node, rule: Gating) -> list[Contribution]:
+    """``a * c`` of two tensors: ``Gating`` shares ``R`` (a gate's share, the signal's share)."""
+    tensors = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    tag = b.name(node)
+    out = []
+    gates = (bool(f.meta.get(meta.GATE)) for f in tensors)
+    for f, share in zip(tensors, rule.shares(*gates), strict=True):
+        if share == 0.0:
+            continue
+        r = rel if share == 1.0 else b.call(operator.mul, rel, share, name=f"r_{tag}")
+        out.append((f, b.call(rt.unbroadcast, r, b[f], name=f"r_{tag}")))
+    return out
+
+
+@relevance(operator.truediv, operator.neg)
+def _scale(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+    """``x / c`` and ``-x``: a scale, relevance passes (``R_x = x (1/c) R / (x/c) = R``)."""
+    x = node.args[0]
+    if node.target is operator.truediv and carries(node.args[1]):
+        raise unsupported(node, "division by a tensor computed from the input")
+    if not carries(x):
+        return []
+    return [(x, b.call(rt.unbroadcast, rel, b[x], name=f"r_{b.name(node)}"))]  # type: ignore[list-item]
+
+
+def _reduction(transpose: Callable[..., torch.Tensor]) -> LinearOp:
+    return LinearOp(
+        forward=lambda b, n, x, w, bias: b.call(n.target, x, *b.map(n.args[1:]),
+                                                name=f"z_{b.name(n)}"),
+        transpose=lambda b, n, s, w: b.call(transpose, s, b[n.args[0]], *b.map(n.args[1:]),
+                                            name=f"c_{b.name(n)}"),
+    )
+
+
+REDUCTION_RULES = (Epsilon, Norm, Flat)
+relevance(torch.mean, rule=REDUCTION_RULES)(linear_rule(_reduction(rt.mean_transpose)))
+relevance(torch.sum, rule=REDUCTION_RULES)(linear_rule(_reduction(rt.sum_transpose)))
+

@@ -1,0 +1,224 @@
+"""The op table: what lrpfx knows about each canonical op, declared once, next to its relevance.
+
+Every stanza module of ``lrpfx.ops`` describes its ops with two calls side by side::
+
+    defop(torch.relu, kind=OpKind.ACTIVATION, nonneg=True)     # the op's facts
+    @relevance(torch.relu, rule=rules.Pass)                    # one row per (op, rule class)
+    def _pass(b, node, rel, rule): ...
+
+- ``defop`` writes the op's ``OpSpec``: its family (``OpKind``, what composites match on) and
+  its facts (sign, gate, routing, shape query), which ``passes.facts`` turns into per-node facts
+  in one sweep.
+- ``relevance`` registers a backward for ``(op, rule class)``; ``rule=None`` is the row for nodes
+  without a rule (routing ops, a product with one constant factor). A node's row is found along
+  its rule's class hierarchy, so a subclass of ``Epsilon`` uses ``Epsilon``'s row.
+- Registering a key twice is a ``RegistrationError`` (``override=True`` replaces on purpose).
+
+Keys are functions (``call_function`` targets), method names (``call_method``) or module classes
+(``call_module``, for user-defined leaf modules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from torch import fx, nn
+
+from lrpfx import meta
+from lrpfx.errors import RegistrationError, UnsupportedOperationError
+from lrpfx.rules import Rule
+
+if TYPE_CHECKING:
+    from lrpfx.builder import Builder
+
+
+class OpKind(str, Enum):
+    """The op families composites match on (``composites.Kind("conv", "dense")``)."""
+
+    CONV = "conv"
+    DENSE = "dense"
+    BATCHNORM = "batchnorm"
+    AVGPOOL = "avgpool"
+    MAXPOOL = "maxpool"
+    SUM = "sum"  # mean / sum over dimensions
+    ADD = "add"  # sums and differences of tensors
+    MUL = "mul"  # products: a scale, or a gate and a signal
+    SCALE = "scale"  # division by a constant, negation
+    ACTIVATION = "activation"
+    LAYERNORM = "layernorm"
+    ROUTING = "routing"  # cat, stack, indexing, permute, ...: relevance moved, not rescaled
+    RESHAPE = "reshape"
+    SHAPE = "shape"  # size queries and integer arithmetic: no relevance
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """The facts of one canonical op.
+
+    Attributes:
+        kind: its family.
+        nonneg: its output is ``>= 0`` whatever its input (ReLU, sigmoid, softmax).
+        keeps_nonneg: its output is ``>= 0`` when its first input is (pools, reshapes).
+        gate: its output lies in ``[0, 1]``: a gate in ``gate * signal``.
+        routes: it moves the values of its first input without changing them (a gate stays a
+            gate through it).
+        shape_query: its result is a size, a rank or a dtype, never a tensor.
+        rule_when: which of its nodes take a rule (default: every node, when the op has rows
+            for rule classes).
+        forward: emits the node's forward when the backward needs more than its output.
+    """
+
+    kind: OpKind
+    nonneg: bool = False
+    keeps_nonneg: bool = False
+    gate: bool = False
+    routes: bool = False
+    shape_query: bool = False
+    rule_when: Callable[[fx.Node], bool] | None = None
+    forward: Forward | None = None
+
+
+Contribution = tuple[fx.Node, fx.Node]
+Backward = Callable[["Builder", fx.Node, fx.Node, Any], Sequence[Contribution]]
+Forward = Callable[["Builder", fx.Node], fx.Node]
+OpKey = Callable[..., Any] | str | type[nn.Module]
+RuleKey = type[Rule] | None
+
+OPS: dict[OpKey, OpSpec] = {}
+ROWS: dict[tuple[OpKey, RuleKey], Backward] = {}
+
+
+def _name(key: Any) -> str:
+    return getattr(key, "__qualname__", None) or getattr(key, "__name__", None) or repr(key)
+
+
+def defop(*keys: OpKey, kind: OpKind | str, override: bool = False, **facts: Any) -> None:
+    """Declare the family and facts of ``keys`` (see ``OpSpec``)."""
+    spec = OpSpec(OpKind(kind), **facts)
+    for key in keys:
+        if key in OPS and not override:
+            raise RegistrationError(f"the op {_name(key)} is already declared "
+                                    f"({OPS[key].kind.value}); pass override=True to replace it")
+        OPS[key] = spec
+
+
+def relevance(*keys: OpKey, rule: RuleKey | tuple[type[Rule], ...] = None,
+              override: bool = False) -> Callable[[Backward], Backward]:
+    """Register the decorated backward for every ``(key, rule class)`` pair.
+
+    The backward gets the builder, the forward node, the relevance of its output and the node's
+    rule, and returns ``(input node, relevance)`` pairs for the inputs that receive relevance.
+    """
+    classes = rule if isinstance(rule, tuple) else (rule,)
+
+    def register(backward: Backward) -> Backward:
+        for key in keys:
+            if key not in OPS:
+                raise RegistrationError(f"declare {_name(key)} with defop(...) before its rows")
+            for cls in classes:
+                if (key, cls) in ROWS and not override:
+                    raise RegistrationError(
+                        f"{_name(key)} already has a relevance implementation for "
+                        f"{'nodes without a rule' if cls is None else cls.__name__}; pass "
+                        "override=True to replace it")
+                ROWS[key, cls] = backward
+        return backward
+
+    return register
+
+
+def unregister(*keys: OpKey) -> None:
+    """Forget ``keys`` and their rows (for user registrations that are no longer wanted)."""
+    for key in keys:
+        OPS.pop(key, None)
+        for row in [r for r in ROWS if r[0] == key]:
+            del ROWS[row]
+
+
+def op_key(node: fx.Node, modules: dict[str, nn.Module]) -> OpKey | None:
+    """The table key of a node, or None for placeholders, constants and the output."""
+    if node.op == "call_function":
+        return node.target  # type: ignore[return-value]
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_module":
+        return type(modules[str(node.target)])
+    return None
+
+
+def spec(node: fx.Node, modules: dict[str, nn.Module]) -> OpSpec | None:
+    """The facts of a node's op, or None when the op is not in the table."""
+    key = op_key(node, modules)
+    return None if key is None else OPS.get(key)
+
+
+def rules_of(key: OpKey) -> tuple[type[Rule], ...]:
+    """The rule classes ``key`` has rows for."""
+    return tuple(cls for k, cls in ROWS if k == key and cls is not None)
+
+
+def takes_rule(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the composite gives ``node`` a rule."""
+    key = op_key(node, modules)
+    facts = None if key is None else OPS.get(key)
+    if facts is None or key is None:
+        return False
+    return facts.rule_when(node) if facts.rule_when else bool(rules_of(key))
+
+
+def backward(node: fx.Node, modules: dict[str, nn.Module], rule: Rule | None) -> Backward | None:
+    """The row for ``node`` under ``rule``, found along the rule's class hierarchy."""
+    key = op_key(node, modules)
+    if key is None:
+        return None
+    if rule is None:
+        return ROWS.get((key, None))
+    return next((ROWS[key, c] for c in type(rule).__mro__ if (key, c) in ROWS), None)
+
+
+def carries(arg: Any) -> bool:
+    """Whether a node argument receives relevance (its ``CARRIES`` fact; constants do not)."""
+    return isinstance(arg, fx.Node) and bool(arg.meta.get(meta.CARRIES))
+
+
+def unsupported(node: fx.Node, why: str) -> UnsupportedOperationError:
+    """The error for a node whose arguments its row cannot explain (raised at codegen)."""
+    return UnsupportedOperationError(
+        [f"{node.name} ({node.meta.get(meta.ORIGIN) or node.target}): {why}"],
+        "Fix: rewrite the expression, or register an implementation with @lrpfx.register.",
+    )
+
+
+def register(
+    *keys: OpKey,
+    kind: OpKind | str,
+    rules: Sequence[type[Rule]] = (),
+    forward: Forward | None = None,
+    needs_rule: Callable[[fx.Node], bool] | None = None,
+    override: bool = False,
+) -> Callable[[Backward], Backward]:
+    """``lrpfx.register``: declare your op or module class and its backward in one decorator.
+
+    ``kind`` is its family (what composites match on), ``rules`` the rule classes the backward
+    accepts (none: it moves relevance without a rule), ``needs_rule`` which nodes take a rule.
+    A key lrpfx already knows is refused unless ``override=True``, which replaces all its rows.
+
+    Example:
+        >>> @lrpfx.register(MyScale, kind="activation", rules=(rules.Pass,))
+        ... def _my_scale(b, node, rel, rule):
+        ...     return [(node.args[0], rel)]
+    """
+
+    def decorate(backward: Backward) -> Backward:
+        if override:
+            unregister(*keys)
+        defop(*keys, kind=kind, forward=forward, rule_when=needs_rule)
+        return relevance(*keys, rule=tuple(rules) or None)(backward)
+
+    return decorate

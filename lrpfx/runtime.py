@@ -1,0 +1,410 @@
+"""Every function the generated program calls, in one vocabulary.
+
+Plain tensor functions; the program's ``.code`` names them (``lrpfx_runtime_stabilize``), so it
+reads as the math it does. Each declares its own facts with ``@kernel`` for the program passes
+(``lrpfx.program.inplace``): whether its result is a new tensor (``fresh``: it shares no memory
+with its arguments) and which variant writes into its first argument (``inplace``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+from lrpfx.targets import Seed, Target, logit
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The facts of a runtime function: ``fresh`` (its result is a new tensor) and ``inplace``
+    (the variant writing its result into its first argument, or None)."""
+
+    fresh: bool
+    inplace: Callable[..., Any] | None = None
+
+
+def kernel(*, fresh: bool, inplace: Callable[..., Any] | None = None) -> Callable[[Fn], Fn]:
+    """Declare a runtime function's facts (see ``Kernel``)."""
+
+    def declare(fn: Fn) -> Fn:
+        fn.__lrpfx_kernel__ = Kernel(fresh, inplace)  # type: ignore[attr-defined]
+        return fn
+
+    return declare
+
+
+def kernel_of(target: Any) -> Kernel | None:
+    """The facts of ``target`` when it is a runtime function, else None."""
+    facts = getattr(target, "__lrpfx_kernel__", None)
+    return facts if isinstance(facts, Kernel) else None
+
+
+# -- layers and their transposes -----------------------------------------------------------------
+@kernel(fresh=True)
+def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """``x * scale + shift`` along the channel dimension 1 (an eval-mode BatchNorm)."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = x * scale.reshape(shape)
+    return y if shift is None else y + shift.reshape(shape)
+
+
+def _signed_epsilon(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``epsilon * sign0(z)``: exactly ``±epsilon`` in ``z``'s dtype (``sign0(0) = +1``)."""
+    if isinstance(epsilon, torch.Tensor):
+        eps = epsilon.to(z.dtype)
+    else:
+        eps = torch.full((), epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, eps, -eps)
+
+
+@kernel(fresh=True)
+def stabilize_(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``stabilize`` written into ``z`` (an intermediate nothing reads afterwards)."""
+    return z.add_(_signed_epsilon(z, epsilon))
+
+
+@kernel(fresh=True, inplace=stabilize_)
+def stabilize(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``z + epsilon * sign0(z)`` with ``sign0(0) = +1``."""
+    return z + _signed_epsilon(z, epsilon)
+
+
+def _fits(a: torch.Tensor, b: torch.Tensor | float) -> bool:
+    """``a ∘ b`` has ``a``'s shape and dtype, so it can be written into ``a``."""
+    if not isinstance(b, torch.Tensor):
+        return True
+    return a.dtype == b.dtype and a.shape == torch.broadcast_shapes(a.shape, b.shape)
+
+
+# ``a ∘ b`` written into ``a`` (or into ``b``: ``*_second``) when the shapes allow; the program
+# calls these where that operand is an intermediate nothing reads afterwards (lrpfx.program.inplace)
+@kernel(fresh=True)
+def mul_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.mul_(b) if _fits(a, b) else a * b
+
+
+@kernel(fresh=True)
+def add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.add_(b) if _fits(a, b) else a + b
+
+
+@kernel(fresh=True)
+def sub_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.sub_(b) if _fits(a, b) else a - b
+
+
+@kernel(fresh=True)
+def div_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.div_(b) if _fits(a, b) else a / b
+
+
+@kernel(fresh=True)
+def sub_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sub(a, b, out=b) if _fits(b, a) else a - b
+
+
+@kernel(fresh=True)
+def div_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.div(a, b, out=b) if _fits(b, a) else a / b
+
+
+@kernel(fresh=True)
+def conv_transpose(
+    s: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
+    """The transpose of ``conv(·, weight)`` applied to ``s``, shaped like ``x``."""
+    return torch.ops.aten.convolution_backward(
+        s, x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
+        [True, False, False],
+    )[0]
+
+
+@kernel(fresh=True)
+def linear_transpose(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``F.linear(·, weight)`` applied to ``s``."""
+    return torch.matmul(s, weight)
+
+
+def _as_2d(
+    fn_2d: Callable[..., torch.Tensor], s: torch.Tensor, x: torch.Tensor, *args: object
+) -> torch.Tensor:
+    """Run a 2-d pooling backward on 1-d data by adding a unit height."""
+    return fn_2d(s.unsqueeze(-2), x.unsqueeze(-2), *args).squeeze(-2)
+
+
+@kernel(fresh=True)
+def avg_pool_transpose(
+    s: torch.Tensor,
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> torch.Tensor:
+    """The transpose of ``avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
+    aten = torch.ops.aten
+    args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    spatial = x.dim() - 2
+    if spatial == 3:
+        return aten.avg_pool3d_backward(s, x, *args)
+    if spatial == 2:
+        return aten.avg_pool2d_backward(s, x, *args)
+    k, st, p = ([1, *kernel_size], [1, *stride], [0, *padding])
+    return _as_2d(aten.avg_pool2d_backward, s, x, k, st, p, ceil_mode, count_include_pad, None)
+
+
+@kernel(fresh=True)
+def adaptive_avg_pool_transpose(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``adaptive_avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
+    aten = torch.ops.aten
+    spatial = x.dim() - 2
+    if spatial == 3:
+        return aten._adaptive_avg_pool3d_backward(s, x)
+    if spatial == 2:
+        return aten._adaptive_avg_pool2d_backward(s, x)
+    return _as_2d(aten._adaptive_avg_pool2d_backward, s, x)
+
+
+@kernel(fresh=True)
+def avg_pool(
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """Average pooling of any dimension 1-3 (max-pool windows treated as averages)."""
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
+    return pool(x, list(kernel_size), list(stride), list(padding), ceil_mode, True)
+
+
+@kernel(fresh=True)
+def scatter_to_indices(r: torch.Tensor, size: Sequence[int], indices: torch.Tensor) -> torch.Tensor:
+    """Winner-takes-all routing of a max-pool: each output's relevance goes to its argmax.
+
+    ``size`` is the pool input's shape (the program keeps the shape, not the input itself).
+    """
+    flat = r.new_zeros(size).flatten(2)
+    return flat.scatter_add_(2, indices.flatten(2), r.flatten(2)).view(size)
+
+
+@kernel(fresh=False)
+def ones_sample(x: torch.Tensor) -> torch.Tensor:
+    """Ones shaped like one sample of ``x`` (batch 1): a constant input is the same for every
+    sample, so a layer's output on it is computed once and broadcast."""
+    return x.new_ones((1, *x.shape[1:]))
+
+
+@kernel(fresh=False)
+def expand_sample(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A constant input (a bound) as one sample shaped like ``x``'s samples; a bound given per
+    sample keeps the batch."""
+    per_sample = value.dim() == x.dim() and value.shape[0] != 1
+    return value.expand_as(x) if per_sample else value.expand((1, *x.shape[1:]))
+
+
+@kernel(fresh=True)
+def channel_sum(s: torch.Tensor) -> torch.Tensor:
+    """``s`` summed over its channels (dimension 1), keeping the dimension."""
+    return s.sum(1, keepdim=True)
+
+
+@kernel(fresh=False)
+def one_channel(x: torch.Tensor) -> torch.Tensor:
+    """The first channel of ``x`` as a view (its shape with one channel)."""
+    return x.narrow(1, 0, 1)
+
+
+@kernel(fresh=False)
+def ones_spatial(x: torch.Tensor) -> torch.Tensor:
+    """Ones of one sample and one channel with the spatial shape of ``x``."""
+    return x.new_ones((1, 1, *x.shape[2:]))
+
+
+@kernel(fresh=True)
+def repeat_channels(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A one-channel ``c`` copied into every channel of a tensor shaped like ``x``."""
+    return c.expand_as(x).contiguous()
+
+
+# -- reductions and broadcasting -----------------------------------------------------------------
+@kernel(fresh=False)
+def unbroadcast(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The transpose of broadcasting ``like`` to ``r``'s shape: sum over the broadcast dims."""
+    return r if r.shape == like.shape else r.sum_to_size(like.shape)
+
+
+def _dims(x: torch.Tensor, dim: int | Sequence[int] | None) -> list[int]:
+    if dim is None:
+        return list(range(x.dim()))
+    return sorted(d % x.dim() for d in ([dim] if isinstance(dim, int) else dim))
+
+
+@kernel(fresh=False)
+def sum_transpose(s: torch.Tensor, x: torch.Tensor, dim: int | Sequence[int] | None,
+                  keepdim: bool) -> torch.Tensor:
+    """The transpose of ``torch.sum(·, dim, keepdim)`` applied to ``s``, shaped like ``x``."""
+    if not keepdim:
+        for d in _dims(x, dim):
+            s = s.unsqueeze(d)
+    return s.expand_as(x)
+
+
+@kernel(fresh=False)
+def mean_transpose(s: torch.Tensor, x: torch.Tensor, dim: int | Sequence[int] | None,
+                   keepdim: bool) -> torch.Tensor:
+    """The transpose of ``torch.mean(·, dim, keepdim)`` applied to ``s``, shaped like ``x``."""
+    dims = _dims(x, dim)
+    return sum_transpose(s, x, dim, keepdim) / math.prod(x.shape[d] for d in dims)
+
+
+@kernel(fresh=False)
+def std_epsilon(z: torch.Tensor, factor: float) -> torch.Tensor:
+    """``factor · sqrt(mean(z²)) + 1e-9`` per sample, shaped to broadcast against ``z``
+    (the ε of ``Epsilon(factor, scale="std")``)."""
+    rms = z.detach().flatten(1).square().mean(1).sqrt()
+    return (factor * rms + 1e-9).reshape((-1,) + (1,) * (z.dim() - 1))
+
+
+@kernel(fresh=False)
+def layer_norm_transpose(
+    s: torch.Tensor, x: torch.Tensor, normalized_shape: Sequence[int],
+    weight: torch.Tensor | None, eps: float,
+) -> torch.Tensor:
+    """``Wᵀ s`` for ``W = diag(w / σ) (I − 1/N)``, the Jacobian of LayerNorm at constant σ."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    sigma = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+    t = s / sigma if weight is None else s * weight / sigma
+    return t - t.mean(dims, keepdim=True)
+
+
+# -- routing: the transposes of re-indexings -----------------------------------------------------
+@kernel(fresh=False)
+def split_as(r: torch.Tensor, xs: Sequence[torch.Tensor], dim: int) -> tuple[torch.Tensor, ...]:
+    """The transpose of ``torch.cat(xs, dim)``: ``r`` cut into pieces shaped like ``xs``."""
+    return torch.split(r, [x.shape[dim] for x in xs], dim)
+
+
+def _basic(index: Any) -> bool:
+    """True for basic indexing (ints, slices, None, Ellipsis): the result is a view."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+
+
+@kernel(fresh=False)
+def index_transpose(r: torch.Tensor, x: torch.Tensor, index: Any) -> torch.Tensor:
+    """The transpose of ``x[index]``: zeros shaped like ``x`` with ``r`` added at ``index``."""
+    out = torch.zeros(x.shape, dtype=r.dtype, device=r.device)
+    if _basic(index):
+        out[index] = r
+        return out
+    positions = torch.arange(x.numel(), device=x.device).view(x.shape)[index]
+    return out.view(-1).index_add_(0, positions.reshape(-1), r.reshape(-1)).view(x.shape)
+
+
+@kernel(fresh=False)
+def chunk_transpose(r: torch.Tensor, x: torch.Tensor, chunks: int, dim: int, i: int
+                    ) -> torch.Tensor:
+    """Piece ``i`` of ``torch.chunk(x, chunks, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.chunk(out, chunks, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def split_transpose(r: torch.Tensor, x: torch.Tensor, sizes: int | list[int], dim: int, i: int
+                    ) -> torch.Tensor:
+    """Piece ``i`` of ``torch.split(x, sizes, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.split(out, sizes, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def unbind_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, i: int) -> torch.Tensor:
+    """Slice ``i`` of ``torch.unbind(x, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    out.select(dim, i).copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, length: int
+                     ) -> torch.Tensor:
+    """The transpose of ``torch.narrow(x, dim, start, length)``."""
+    out = torch.zeros_like(x)
+    out.narrow(dim, start, length).copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def select_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+    """The transpose of ``torch.select(x, dim, index)``."""
+    out = torch.zeros_like(x)
+    out.select(dim, index).copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def pad_transpose(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
+    """The transpose of a constant ``F.pad``: the crop (negative pad) of the same amounts."""
+    return F.pad(r, [-p for p in pad])
+
+
+# -- the output relevance, filters, layout -------------------------------------------------------
+@kernel(fresh=False)
+def output_relevance(
+    output: torch.Tensor, target: Target, relevance: torch.Tensor | Seed | None
+) -> torch.Tensor:
+    """The relevance at the output (``lrpfx.targets``): the target logit, a given tensor, or a
+    seed function of the output."""
+    if relevance is None:
+        return logit(output, target)
+    if callable(relevance) and not isinstance(relevance, torch.Tensor):
+        return relevance(output, target)
+    if relevance.shape != output.shape:
+        raise ValueError(f"output_relevance has shape {tuple(relevance.shape)}, the model "
+                         f"output {tuple(output.shape)}; give one value per output entry")
+    return relevance
+
+
+@kernel(fresh=False)
+def top_k(relevance: torch.Tensor, percent: float) -> torch.Tensor:
+    """Keep the largest ``percent`` % of the entries of each sample (dimension 0), zero the rest.
+
+    ``k = max(1, ⌊percent/100 · n⌋)`` entries survive per sample, ``n`` its number of entries
+    (ties at the threshold are broken by ``torch.topk``, so exactly ``k`` are kept).
+    """
+    flat = relevance.flatten(1)
+    k = max(1, math.floor(flat.shape[1] * percent / 100 + 1e-9))
+    if k >= flat.shape[1]:
+        return relevance
+    values, indices = flat.topk(k, dim=1)
+    return torch.zeros_like(flat).scatter(1, indices, values).view_as(relevance)
+
+
+@kernel(fresh=False)
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` channels-last when it is a batch of images; anything else as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+@kernel(fresh=False)
+def contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the usual (row-major) layout."""
+    return x.contiguous()
