@@ -20,7 +20,7 @@ from lrpfx.tracing import LeafSpec, trace
 if TYPE_CHECKING:
     from lrpfx.patterns import Patterns
 
-CANONIZE = (passes.normalize, passes.fold_batchnorm, passes.linearize)
+CANONIZE = (passes.normalize, passes.fold_batchnorm)
 
 
 def compile(  # noqa: A001  (the public name is lrpfx.compile)

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx import meta
-from lrpfx.ops.table import OpKind
+from lrpfx.ops.table import EQUIVALENT, OpKind
 from lrpfx.rules import (
     AlphaBeta,
     Epsilon,
@@ -89,17 +88,6 @@ class Kind(Matcher):
         return ctx.kinds.get(node) in self.kinds
 
 
-# the function each module class is canonicalized into, so ``nn.Conv2d`` matches ``F.conv2d``
-EQUIVALENT_FUNCTIONS: dict[type[nn.Module], tuple[Callable[..., Any], ...]] = {
-    nn.Conv1d: (F.conv1d,), nn.Conv2d: (F.conv2d,), nn.Conv3d: (F.conv3d,),
-    nn.Linear: (F.linear,), nn.ReLU: (torch.relu,),
-    nn.MaxPool1d: (F.max_pool1d,), nn.MaxPool2d: (F.max_pool2d,), nn.MaxPool3d: (F.max_pool3d,),
-    nn.AvgPool1d: (F.avg_pool1d,), nn.AvgPool2d: (F.avg_pool2d,), nn.AvgPool3d: (F.avg_pool3d,),
-    nn.AdaptiveAvgPool2d: (F.adaptive_avg_pool2d,),
-    nn.LayerNorm: (F.layer_norm,), nn.Softmax: (F.softmax,),
-}
-
-
 @dataclass(frozen=True)
 class Type(Matcher):
     """Nodes from a module of class ``cls`` (subclasses too), or a call of its function form."""
@@ -110,7 +98,7 @@ class Type(Matcher):
         origin = node.meta.get(meta.MODULE_TYPE)
         if origin is not None:
             return issubclass(origin, self.cls)
-        return node.target in EQUIVALENT_FUNCTIONS.get(self.cls, ())
+        return node.target in EQUIVALENT.get(self.cls, ())  # the function it is spelled as
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,7 @@ from lrpfx.passes.annotate import annotate
 from lrpfx.passes.check import check
 from lrpfx.passes.facts import facts
 from lrpfx.passes.fold_batchnorm import fold_batchnorm
-from lrpfx.passes.linearize import linearize
 from lrpfx.passes.maxpool import maxpool
 from lrpfx.passes.normalize import normalize
 
-__all__ = ["annotate", "check", "facts", "fold_batchnorm", "linearize", "maxpool", "normalize"]
+__all__ = ["annotate", "check", "facts", "fold_batchnorm", "maxpool", "normalize"]

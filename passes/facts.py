@@ -1,6 +1,6 @@
 """facts: what every node is, computed once, in one sweep each way.
 
-Before: a canonical graph (normalize, fold_batchnorm, linearize, maxpool done).
+Before: a canonical graph (normalize, fold_batchnorm, maxpool done).
 After:  every node has in ``node.meta`` (keys in ``lrpfx.meta``):
 
 - ``KIND``: its op family from the op table (``None`` for ops not in it);

@@ -2,11 +2,13 @@
 
 Before: a traced GraphModule whose submodules are the user's modules (shared, never modified).
 After:  every leaf module with a known spelling is a ``call_function`` on its canonical function
-(``lrpfx.spellings``) with its tensors lifted into buffers of a fresh root module (the user's
-tensors detached, sharing storage; derived ones new); functional, method and in-place spellings
-are the same canonical call; dropout, identity, ``contiguous`` are gone. Modules without a
-spelling stay ``call_module`` (``check`` reports them unless a user implementation exists).
-Each node keeps its module path, class, spelling and source line in ``node.meta``.
+(the stanzas' ``spell`` declarations, read through ``lrpfx.spellings``), with its tensors lifted
+into buffers of a fresh root module (the user's tensors detached, sharing storage; derived ones
+new); functional, method and in-place spellings are the same canonical call, re-indexings
+included (``view``, ``x.flatten(1)``, ``nn.Flatten`` become ``torch.reshape``/``flatten``/
+``unflatten``); dropout, identity, ``contiguous`` are gone. Modules without a spelling stay
+``call_module`` (``check`` reports them unless a user implementation exists). Each node keeps
+its module path, class, spelling and source line in ``node.meta``.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _in_place(node: fx.Node, owner: _Owner) -> bool:
         return bool(getattr(owner.modules[str(node.target)], "inplace", False))
     if node.op == "call_method":
         return str(node.target).endswith("_")
-    return node.target in spellings.IN_PLACE_FUNCTIONS
+    return spellings.in_place(node.target)
 
 
 def _out_of_place(graph: fx.Graph, node: fx.Node, new: fx.Node) -> None:
@@ -89,17 +91,15 @@ def _canonical(node: fx.Node, owner: _Owner) -> Call | Unsupported | _Keep | Non
         name = str(node.target)
         if name in spellings.IDENTITY_METHODS:
             return None
-        fn = spellings.METHOD_ALIASES.get(name)
+        fn = spellings.canonical_method(name)
         return spellings.bind(Call(fn, tuple(node.args[1:]), dict(node.kwargs))) if fn else KEEP
     if node.op != "call_function":
         return KEEP
     if node.target in spellings.DROPOUT_FUNCTIONS or node.target in spellings.IDENTITY_FUNCTIONS:
         return None
     kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-    if node.target in spellings.POOL_FUNCTIONS:
-        return spellings.POOL_FUNCTIONS[node.target](*node.args[1:], **kwargs)
-    fn = spellings.FUNCTION_ALIASES.get(node.target, node.target)  # type: ignore[arg-type]
-    if fn is node.target and not node.kwargs.get("inplace") and fn not in spellings.BINDERS:
+    fn = spellings.canonical_function(node.target)
+    if fn is node.target and not node.kwargs.get("inplace") and not spellings.binds(fn):
         return KEEP
     return spellings.bind(Call(fn, tuple(node.args[1:]), kwargs))
 

@@ -8,13 +8,23 @@ Identities: ``Pass``: ``R_in = R_out``. ``Gradient``: ``R_in = f'(x) ⊙ R_out``
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from lrpfx.builder import Builder
-from lrpfx.ops.table import Contribution, OpKind, defop, relevance
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    Unsupported,
+    defop,
+    relevance,
+    spell,
+)
 from lrpfx.rules import Gradient, Pass, Rule
 
 ACTIVATION = OpKind.ACTIVATION
@@ -24,6 +34,37 @@ defop(torch.relu, F.relu6, F.softplus, kind=ACTIVATION, nonneg=True)
 defop(torch.sigmoid, F.hardsigmoid, F.softmax, kind=ACTIVATION, nonneg=True, gate=True)
 defop(F.hardtanh, torch.tanh, F.silu, F.gelu, F.elu, F.selu, F.celu, F.leaky_relu, F.hardswish,
       F.mish, F.logsigmoid, F.softsign, F.tanhshrink, kind=ACTIVATION)
+
+
+def _softmax(dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Converted:
+    if dim is None or dtype is not None:
+        return Unsupported("softmax needs an explicit dim and no dtype")
+    return Call(F.softmax, (dim,))
+
+
+spell(torch.relu, F.relu, "relu", in_place=(torch.relu_, F.relu_, "relu_"),
+      modules={nn.ReLU: None})
+spell(F.relu6, modules={nn.ReLU6: None})
+spell(F.hardtanh, in_place=(F.hardtanh_,), modules={nn.Hardtanh: lambda m: (m.min_val, m.max_val)})
+spell(torch.sigmoid, F.sigmoid, "sigmoid", in_place=(torch.sigmoid_, "sigmoid_"),
+      modules={nn.Sigmoid: None})
+spell(torch.tanh, F.tanh, "tanh", in_place=(torch.tanh_, "tanh_"), modules={nn.Tanh: None})
+spell(F.silu, modules={nn.SiLU: None})
+spell(F.gelu, modules={nn.GELU: lambda m: Call(F.gelu, (), {"approximate": m.approximate})})
+spell(F.elu, in_place=(F.elu_,), modules={nn.ELU: lambda m: (m.alpha,)})
+spell(F.selu, torch.selu, in_place=(torch.selu_,), modules={nn.SELU: None})
+spell(F.celu, in_place=(F.celu_,), modules={nn.CELU: lambda m: (m.alpha,)})
+spell(F.leaky_relu, in_place=(F.leaky_relu_,),
+      modules={nn.LeakyReLU: lambda m: (m.negative_slope,)})
+spell(F.hardswish, "hardswish", modules={nn.Hardswish: None})
+spell(F.hardsigmoid, modules={nn.Hardsigmoid: None})
+spell(F.softplus, modules={nn.Softplus: lambda m: (m.beta, m.threshold)})
+spell(F.mish, modules={nn.Mish: None})
+spell(F.logsigmoid, modules={nn.LogSigmoid: None})
+spell(F.softsign, modules={nn.Softsign: None})
+spell(F.tanhshrink, modules={nn.Tanhshrink: None})
+spell(F.softmax, torch.softmax, torch.special.softmax, "softmax",
+      modules={nn.Softmax: lambda m: _softmax(m.dim)}, bind=_softmax)
 
 
 @relevance(*PIECEWISE_LINEAR, torch.sigmoid, F.hardsigmoid, F.softmax, F.softplus, torch.tanh,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx
@@ -25,7 +26,18 @@ from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.ops.linear import LinearOp, linear_rule
-from lrpfx.ops.table import Contribution, OpKind, carries, defop, relevance, unsupported
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    Unsupported,
+    carries,
+    defop,
+    relevance,
+    spell,
+    unsupported,
+)
 from lrpfx.rules import Epsilon, Flat, Gating, Norm
 
 defop(operator.add, operator.sub, kind=OpKind.ADD)
@@ -34,6 +46,38 @@ defop(operator.mul, kind=OpKind.MUL,
 defop(operator.truediv, operator.neg, kind=OpKind.SCALE)
 defop(operator.floordiv, operator.mod, operator.pow, kind=OpKind.SHAPE)
 defop(torch.mean, torch.sum, kind=OpKind.SUM)
+
+
+def _arithmetic(fn: Callable[..., Any]) -> Callable[..., Converted]:
+    def bind(other: Any, *, alpha: Any = 1, rounding_mode: Any = None) -> Converted:
+        if alpha != 1:
+            return Unsupported(f"{fn.__name__} with alpha={alpha}: write the product explicitly")
+        if rounding_mode is not None:
+            return Unsupported(f"division with rounding_mode={rounding_mode!r}")
+        return Call(fn, (other,))
+    return bind
+
+
+def _reduce(fn: Callable[..., Any]) -> Callable[..., Converted]:
+    def bind(dim: Any = None, keepdim: bool = False, *, dtype: Any = None,
+             axis: Any = None) -> Converted:
+        if dtype is not None:
+            return Unsupported(f"{fn.__name__} with dtype={dtype}: cast before or after instead")
+        dim = axis if dim is None else dim
+        return Call(fn, (tuple(dim) if isinstance(dim, (list, tuple)) else dim, keepdim))
+    return bind
+
+
+spell(operator.add, torch.add, "add", in_place=(operator.iadd, "add_"),
+      bind=_arithmetic(operator.add))
+spell(operator.sub, torch.sub, torch.subtract, "sub", "subtract", in_place=(operator.isub, "sub_"),
+      bind=_arithmetic(operator.sub))
+spell(operator.mul, torch.mul, torch.multiply, "mul", "multiply", in_place=(operator.imul, "mul_"),
+      bind=_arithmetic(operator.mul))
+spell(operator.truediv, torch.div, torch.divide, torch.true_divide, "div", "divide",
+      in_place=(operator.itruediv, "div_"), bind=_arithmetic(operator.truediv))
+spell(torch.mean, "mean", bind=_reduce(torch.mean))
+spell(torch.sum, "sum", bind=_reduce(torch.sum))
 
 
 @relevance(operator.add, operator.sub, rule=(Norm, Epsilon))

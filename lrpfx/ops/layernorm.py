@@ -9,16 +9,43 @@ permute, this op, and a permute back, all canonical.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
-from lrpfx.ops.table import Contribution, OpKind, defop, relevance
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    Param,
+    Unsupported,
+    defop,
+    relevance,
+    spell,
+)
 from lrpfx.rules import LNRule, Pass
 
 defop(F.layer_norm, kind=OpKind.LAYERNORM)
+
+
+def _bind(normalized_shape: Any, weight: Any = None, bias: Any = None,
+          eps: float = 1e-5) -> Converted:
+    return Call(F.layer_norm, (tuple(normalized_shape), weight, bias, eps))
+
+
+def _module(m: nn.LayerNorm) -> Converted:
+    if type(m).forward is not nn.LayerNorm.forward:
+        return Unsupported(f"{type(m).__qualname__} overrides LayerNorm.forward; do not mark it "
+                           "as a leaf module, so its forward is traced")
+    return Call(F.layer_norm, (tuple(m.normalized_shape), Param("weight", m.weight),
+                               Param("bias", m.bias), m.eps))
+
+
+spell(F.layer_norm, modules={nn.LayerNorm: _module}, bind=_bind)
 
 
 @relevance(F.layer_norm, rule=Pass)

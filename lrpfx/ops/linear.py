@@ -1,4 +1,5 @@
-"""The linear family: conv, linear, eval-mode BatchNorm (affine), average pools.
+"""The linear family's recipe (``deflinear``): conv, linear, eval-mode BatchNorm (affine),
+average pools, mean/sum and max-pools read as average pools all use it (``linear_rule``).
 
 Every member is ``z = f(x; w, b)`` with ``f`` linear in ``x`` and in ``w``. One recipe serves
 them all (see ``lrpfx.rules``): for each group of the rule, ``z`` = sum of modified forwards,
@@ -13,35 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder, like
 from lrpfx.ops import shortcuts
-from lrpfx.ops.table import Backward, Contribution, OpKind, defop, relevance
-from lrpfx.rules import (
-    IDENTITY,
-    AlphaBeta,
-    Epsilon,
-    Flat,
-    Gamma,
-    Group,
-    Norm,
-    Pass,
-    Rule,
-    Term,
-    WSquare,
-    ZBox,
-    ZPlus,
-)
+from lrpfx.ops.table import Backward, Contribution
+from lrpfx.rules import IDENTITY, Epsilon, Group, Rule, Term
 
 Emit = Callable[[Builder, fx.Node, Any, Any, Any], fx.Node]
 Transpose = Callable[[Builder, fx.Node, fx.Node, Any], fx.Node]
-
-LAYER_RULES = (Epsilon, Norm, ZPlus, AlphaBeta, Gamma, ZBox, Flat, WSquare)
-POOL_RULES = (Epsilon, Norm)
 
 
 @dataclass(frozen=True)
@@ -60,44 +43,6 @@ class LinearOp:
     output_is_z: bool = True
 
 
-def _rest(b: Builder, node: fx.Node, start: int) -> tuple[Any, ...]:
-    return tuple(b.map(a) for a in node.args[start:])
-
-
-_CONV = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(
-        n.target, x, w, bias, *_rest(b, n, 3), name=f"z_{b.name(n)}"
-    ),
-    transpose=lambda b, n, s, w: b.call(
-        rt.conv_transpose, s, b[n.args[0]], w, *_rest(b, n, 3), name=f"c_{b.name(n)}"
-    ),
-    weight=1,
-    bias=2,
-)
-_LINEAR = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(F.linear, x, w, bias, name=f"z_{b.name(n)}"),
-    transpose=lambda b, n, s, w: b.call(rt.linear_transpose, s, w, name=f"c_{b.name(n)}"),
-    weight=1,
-    bias=2,
-)
-_AFFINE = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(rt.affine, x, w, bias, name=f"z_{b.name(n)}"),
-    transpose=lambda b, n, s, w: b.call(rt.affine, s, w, None, name=f"c_{b.name(n)}"),
-    weight=1,
-    bias=2,
-)
-_AVG_POOL = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
-    transpose=lambda b, n, s, w: b.call(
-        rt.avg_pool_transpose, s, b[n.args[0]], *_rest(b, n, 1), name=f"c_{b.name(n)}"
-    ),
-)
-_ADAPTIVE_POOL = LinearOp(
-    forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
-    transpose=lambda b, n, s, w: b.call(
-        rt.adaptive_avg_pool_transpose, s, b[n.args[0]], name=f"c_{b.name(n)}"
-    ),
-)
 def _simplify(term: Term, nonneg: bool) -> Term | None:
     """Drop the x⁻ part of a term for an input known to be >= 0 (and x⁺ = x there)."""
     if nonneg and term.input == "x-":
@@ -283,21 +228,3 @@ def linear_rule(op: LinearOp) -> Backward:
     return backward
 
 
-defop(F.conv1d, F.conv2d, F.conv3d, kind=OpKind.CONV)
-defop(F.linear, kind=OpKind.DENSE)
-defop(rt.affine, kind=OpKind.BATCHNORM)
-defop(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-      F.adaptive_avg_pool3d, kind=OpKind.AVGPOOL, keeps_nonneg=True)
-
-relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(_CONV))
-relevance(F.linear, rule=LAYER_RULES)(linear_rule(_LINEAR))
-relevance(rt.affine, rule=LAYER_RULES)(linear_rule(_AFFINE))
-relevance(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, rule=POOL_RULES)(linear_rule(_AVG_POOL))
-relevance(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-          rule=POOL_RULES)(linear_rule(_ADAPTIVE_POOL))
-
-
-@relevance(rt.affine, rule=Pass)
-def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
-    """An unfolded BatchNorm passes relevance (the presets' default)."""
-    return [(node.args[0], rel)]  # type: ignore[list-item]

@@ -7,16 +7,28 @@ writes the mode into ``meta["lrpfx.maxpool"]``.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
+from torch.nn.modules.utils import _ntuple
 
 from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
-from lrpfx.ops.linear import POOL_RULES, LinearOp, linear_rule
-from lrpfx.ops.table import Contribution, OpKind, defop, relevance
+from lrpfx.ops.layers import POOL_RULES, pool_windows
+from lrpfx.ops.linear import LinearOp, linear_rule
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    Unsupported,
+    defop,
+    relevance,
+    spell,
+)
 
 # a max-pool read as an average pool of the same windows (forward stays a max-pool)
 _MAX_AS_AVG = LinearOp(
@@ -57,6 +69,29 @@ def _max_pool_forward(b: Builder, node: fx.Node) -> fx.Node:
     return b.call(operator.getitem, pooled, 0, name=meta.display_name(node))
 
 
+def _max_pool(n: int) -> Callable[..., Converted]:
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
+
+    def bind(kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+             ceil_mode: bool = False, return_indices: bool = False) -> Converted:
+        if return_indices:
+            return Unsupported("return_indices=True")
+        k, s, p = pool_windows(n, kernel_size, stride, padding)
+        return Call(fn, (k, s, p, _ntuple(n)(dilation), ceil_mode))
+
+    return bind
+
+
+def _max_pool_module(n: int) -> Callable[[Any], Converted]:
+    def convert(m: Any) -> Converted:
+        return _max_pool(n)(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                            m.return_indices)
+    return convert
+
+
+for _n, _fn, _module in ((1, F.max_pool1d, nn.MaxPool1d), (2, F.max_pool2d, nn.MaxPool2d),
+                         (3, F.max_pool3d, nn.MaxPool3d)):
+    spell(_fn, bind=_max_pool(_n), modules={_module: _max_pool_module(_n)})
 defop(*_MAX_POOL_WITH_INDICES, kind=OpKind.MAXPOOL, keeps_nonneg=True, forward=_max_pool_forward,
       rule_when=lambda node: node.meta.get(meta.MAXPOOL) != "wta")
 relevance(*_MAX_POOL_WITH_INDICES, rule=POOL_RULES)(linear_rule(_MAX_AS_AVG))

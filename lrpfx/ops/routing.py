@@ -19,11 +19,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
-from lrpfx.ops.table import Contribution, OpKind, carries, defop, relevance, unsupported
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    Unsupported,
+    carries,
+    defop,
+    relevance,
+    spell,
+    unsupported,
+)
 
 _PIECES: dict[Any, Callable[..., torch.Tensor]] = {
     torch.chunk: rt.chunk_transpose, torch.split: rt.split_transpose,
@@ -38,6 +49,57 @@ defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.
 defop(torch.cat, torch.stack, torch.chunk, torch.split, torch.unbind, torch.narrow, torch.select,
       F.pad, kind=ROUTING)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
+
+
+def _dims(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``view(2, 3)`` and ``view((2, 3))`` both mean the shape ``(2, 3)``."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+def _with_dim(fn: Callable[..., Any], default: Any = 0) -> Callable[..., Converted]:
+    """``fn(x, dim)``: the dimension positional (``dim=`` and ``axis=`` accepted)."""
+    def bind(dim: Any = default, *, axis: Any = None) -> Converted:
+        return Call(fn, (dim if axis is None else axis,))
+    return bind
+
+
+def _split(size: Any = None, dim: int = 0, *, split_size_or_sections: Any = None,
+           split_size: Any = None) -> Converted:
+    sizes = next(s for s in (size, split_size_or_sections, split_size) if s is not None)
+    return Call(torch.split, (list(sizes) if isinstance(sizes, tuple) else sizes, dim))
+
+
+def _bind_pad(pad: Any, mode: str = "constant", value: float | None = None) -> Converted:
+    if mode != "constant":
+        return Unsupported(f"F.pad with mode={mode!r}; only 'constant' is supported")
+    return Call(F.pad, (tuple(pad), "constant", 0.0 if value is None else value))
+
+
+spell(torch.reshape, "view", "reshape",
+      bind=lambda *shape, **k: Call(torch.reshape, (_dims(shape or (k["shape"],)),)))
+spell(torch.flatten, "flatten", modules={nn.Flatten: lambda m: (m.start_dim, m.end_dim)},
+      bind=lambda start_dim=0, end_dim=-1: Call(torch.flatten, (start_dim, end_dim)))
+spell(torch.unflatten, "unflatten",
+      modules={nn.Unflatten: lambda m: (m.dim, tuple(m.unflattened_size))},
+      bind=lambda dim, sizes: Call(torch.unflatten, (dim, sizes)))
+spell(torch.cat, torch.concat, torch.concatenate, bind=_with_dim(torch.cat))
+spell(torch.stack, bind=_with_dim(torch.stack))
+spell(torch.unbind, "unbind", bind=_with_dim(torch.unbind))
+spell(torch.chunk, "chunk", bind=lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)))
+spell(torch.split, "split", bind=_split)
+spell(torch.permute, "permute",
+      bind=lambda *dims, **k: Call(torch.permute, (_dims(dims or (k["dims"],)),)))
+spell(torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes", "swapdims",
+      bind=lambda dim0, dim1: Call(torch.transpose, (dim0, dim1)))
+spell(torch.unsqueeze, "unsqueeze", bind=lambda dim: Call(torch.unsqueeze, (dim,)))
+spell(torch.squeeze, "squeeze",
+      bind=lambda dim=None: Call(torch.squeeze, () if dim is None else (dim,)))
+spell(torch.broadcast_to, "expand",
+      bind=lambda *size, **k: Call(torch.broadcast_to, (_dims(size or (k["size"],)),)))
+spell(torch.narrow, "narrow",
+      bind=lambda dim, start, length: Call(torch.narrow, (dim, start, length)))
+spell(torch.select, "select", bind=lambda dim, index: Call(torch.select, (dim, index)))
+spell(F.pad, bind=_bind_pad)
 
 
 @relevance(torch.reshape, torch.flatten, torch.unflatten, torch.unsqueeze, torch.squeeze)

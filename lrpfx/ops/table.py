@@ -1,11 +1,14 @@
 """The op table: what lrpfx knows about each canonical op, declared once, next to its relevance.
 
-Every stanza module of ``lrpfx.ops`` describes its ops with two calls side by side::
+Every stanza module of ``lrpfx.ops`` describes its ops with three calls side by side::
 
-    defop(torch.relu, kind=OpKind.ACTIVATION, nonneg=True)     # the op's facts
-    @relevance(torch.relu, rule=rules.Pass)                    # one row per (op, rule class)
+    defop(torch.relu, kind=OpKind.ACTIVATION, nonneg=True)      # the op's facts
+    spell(torch.relu, F.relu, "relu", in_place=(torch.relu_, "relu_"), modules={nn.ReLU: None})
+    @relevance(torch.relu, rule=rules.Pass)                     # one row per (op, rule class)
     def _pass(b, node, rel, rule): ...
 
+- ``spell`` says how else the op is written (functions, ``Tensor`` methods, in-place forms,
+  module classes with their arguments), so ``passes.normalize`` makes every spelling one call.
 - ``defop`` writes the op's ``OpSpec``: its family (``OpKind``, what composites match on) and
   its facts (sign, gate, routing, shape query), which ``passes.facts`` turns into per-node facts
   in one sweep.
@@ -21,10 +24,11 @@ Keys are functions (``call_function`` targets), method names (``call_method``) o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import fx, nn
 
 from lrpfx import meta
@@ -134,11 +138,19 @@ def relevance(*keys: OpKey, rule: RuleKey | tuple[type[Rule], ...] = None,
 
 
 def unregister(*keys: OpKey) -> None:
-    """Forget ``keys`` and their rows (for user registrations that are no longer wanted)."""
+    """Forget ``keys``: their facts, rows and spellings (for registrations no longer wanted)."""
     for key in keys:
         OPS.pop(key, None)
+        BINDERS.pop(key, None)
         for row in [r for r in ROWS if r[0] == key]:
             del ROWS[row]
+        for spellings in (FUNCTIONS, METHODS):
+            for alias in [a for a, fn in spellings.items() if fn is key]:
+                del spellings[alias]
+                IN_PLACE.discard(alias)
+        for cls in [c for c, fns in EQUIVALENT.items() if key in fns]:
+            MODULES.pop(cls, None)
+            EQUIVALENT.pop(cls)
 
 
 def op_key(node: fx.Node, modules: dict[str, nn.Module]) -> OpKey | None:
@@ -180,6 +192,78 @@ def backward(node: fx.Node, modules: dict[str, nn.Module], rule: Rule | None) ->
     if rule is None:
         return ROWS.get((key, None))
     return next((ROWS[key, c] for c in type(rule).__mro__ if (key, c) in ROWS), None)
+
+
+# -- spellings: every way to write an op, onto its one canonical call (read by passes.normalize)
+@dataclass(frozen=True)
+class Param:
+    """A tensor argument of a canonical call, lifted as a buffer named ``<module path>.<name>``."""
+
+    name: str
+    value: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A canonical call ``fn(x, *args, **kwargs)``."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A spelling lrpfx cannot canonicalize, and why (``check`` reports it)."""
+
+    reason: str
+
+
+Converted = Call | Unsupported | None  # None: the spelling is an identity at eval time
+#: a module spelling: the module -> the arguments after the input (a tuple), or a ``Converted``
+ModuleSpelling = Callable[[Any], "tuple[Any, ...] | Converted"] | None
+Binder = Callable[..., Converted]
+
+FUNCTIONS: dict[Any, Callable[..., Any]] = {}  # function spelling -> canonical function
+METHODS: dict[str, Callable[..., Any]] = {}  # Tensor method name -> canonical function
+MODULES: dict[type[nn.Module], Callable[[Any], Converted]] = {}  # module class -> its call
+IN_PLACE: set[Any] = set()  # spellings that write their first argument
+BINDERS: dict[Any, Binder] = {}  # canonical function -> its arguments in canonical positions
+
+
+def _claim(table: dict[Any, Any], key: Any, value: Any, override: bool) -> None:
+    if key in table and table[key] is not value and not override:
+        raise RegistrationError(f"the spelling {_name(key)} already means {_name(table[key])}")
+    table[key] = value
+
+
+def _module_call(fn: Callable[..., Any], spelling: ModuleSpelling) -> Callable[[Any], Converted]:
+    def convert(module: Any) -> Converted:
+        result = () if spelling is None else spelling(module)
+        return Call(fn, result) if isinstance(result, tuple) else result
+    return convert
+
+
+def spell(fn: Callable[..., Any], *aliases: Callable[..., Any] | str,
+          in_place: Sequence[Callable[..., Any] | str] = (),
+          modules: dict[type[nn.Module], ModuleSpelling] | None = None,
+          bind: Binder | None = None, override: bool = False) -> None:
+    """Declare the spellings of the canonical function ``fn``: functions and ``Tensor`` method
+    names with its arguments (``aliases``, ``in_place`` for those that write their input),
+    module classes (``modules``: each with the arguments after the input, from the module), and
+    ``bind``, which puts the arguments of any spelling into ``fn``'s canonical positions."""
+    for alias in (*aliases, *in_place):
+        _claim(METHODS if isinstance(alias, str) else FUNCTIONS, alias, fn, override)
+    IN_PLACE.update(a for a in in_place if not isinstance(a, str))
+    for cls, spelling in (modules or {}).items():
+        _claim(MODULES, cls, _module_call(fn, spelling), override)
+        EQUIVALENT.setdefault(cls, set()).add(fn)
+    if bind is not None:
+        _claim(BINDERS, fn, bind, override)
+
+
+#: module class -> the canonical functions it is written as (``Type(nn.Conv2d)`` matches them)
+EQUIVALENT: dict[type[nn.Module], set[Callable[..., Any]]] = {}
 
 
 def carries(arg: Any) -> bool:

@@ -1,0 +1,167 @@
+"""The layers of the linear family, one stanza each: convolutions, dense layers, eval-mode
+BatchNorm (``affine``), average pools. Each states its facts, its spellings and its rows; the
+rows run the linear recipe (``lrpfx.ops.linear``) with the op's forward and transpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.utils import _ntuple
+
+from lrpfx import runtime as rt
+from lrpfx.builder import Builder
+from lrpfx.ops.linear import LinearOp, linear_rule
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    Param,
+    Unsupported,
+    defop,
+    relevance,
+    spell,
+)
+from lrpfx.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
+
+LAYER_RULES = (Epsilon, Norm, ZPlus, AlphaBeta, Gamma, ZBox, Flat, WSquare)
+POOL_RULES = (Epsilon, Norm)
+
+
+def _rest(b: Builder, node: fx.Node, start: int) -> tuple[Any, ...]:
+    return tuple(b.map(a) for a in node.args[start:])
+
+
+# -- convolutions: conv(x, w, b, stride, padding, dilation, groups) ------------------------------
+def _conv(m: nn.modules.conv._ConvNd) -> Converted:
+    n = len(m.kernel_size)
+    if m.padding_mode != "zeros":
+        return Unsupported(f"padding_mode={m.padding_mode!r}; only 'zeros' is supported")
+    padding: Any = m.padding
+    if padding == "valid":
+        padding = (0,) * n
+    elif padding == "same":
+        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
+        if any(t % 2 for t in total):
+            return Unsupported("padding='same' with an even receptive field (asymmetric padding)")
+        padding = tuple(t // 2 for t in total)
+    fn = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+    return Call(fn, (Param("weight", m.weight), Param("bias", m.bias), tuple(m.stride),
+                     tuple(padding), tuple(m.dilation), m.groups))
+
+
+defop(F.conv1d, F.conv2d, F.conv3d, kind=OpKind.CONV)
+spell(F.conv1d, modules={nn.Conv1d: _conv})
+spell(F.conv2d, modules={nn.Conv2d: _conv})
+spell(F.conv3d, modules={nn.Conv3d: _conv})
+relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, w, bias, *_rest(b, n, 3),
+                                            name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.conv_transpose, s, b[n.args[0]], w, *_rest(b, n, 3),
+                                        name=f"c_{b.name(n)}"),
+    weight=1, bias=2,
+)))
+
+# -- dense: linear(x, w, b) ------------------------------------------------------------------------
+defop(F.linear, kind=OpKind.DENSE)
+spell(F.linear, modules={nn.Linear: lambda m: (Param("weight", m.weight), Param("bias", m.bias))})
+relevance(F.linear, rule=LAYER_RULES)(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(F.linear, x, w, bias, name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.linear_transpose, s, w, name=f"c_{b.name(n)}"),
+    weight=1, bias=2,
+)))
+
+
+# -- eval-mode BatchNorm: affine(x, scale, shift) per channel; folded into a conv/dense before it
+def batchnorm_affine(
+    mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
+    bias: torch.Tensor | None, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``x * scale + shift``: the pure tensor math."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> tuple[Any, ...] | Converted:
+    if m.running_mean is None or m.running_var is None:
+        return Unsupported("track_running_stats=False: normalizes with batch statistics")
+    scale, shift = batchnorm_affine(
+        m.running_mean.detach(), m.running_var.detach(),
+        None if m.weight is None else m.weight.detach(),
+        None if m.bias is None else m.bias.detach(), m.eps,
+    )
+    return (Param("scale", scale), Param("shift", shift))
+
+
+defop(rt.affine, kind=OpKind.BATCHNORM)
+spell(rt.affine, modules={nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm,
+                          nn.BatchNorm3d: _batchnorm})
+relevance(rt.affine, rule=LAYER_RULES)(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(rt.affine, x, w, bias, name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.affine, s, w, None, name=f"c_{b.name(n)}"),
+    weight=1, bias=2,
+)))
+
+
+@relevance(rt.affine, rule=Pass)
+def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
+    """An unfolded BatchNorm passes relevance (the presets' default)."""
+    return [(node.args[0], rel)]  # type: ignore[list-item]
+
+
+# -- average pools: avg_pool(x, kernel, stride, padding, ceil, count_include_pad[, divisor]) ----
+def pool_windows(n: int, kernel: Any, stride: Any, padding: Any) -> tuple[Any, ...]:
+    """Kernel, stride and padding of an ``n``-d pool as ``n``-tuples (stride: the kernel)."""
+    tup = _ntuple(n)
+    kernel = tup(kernel)
+    return kernel, tup(stride) if stride else kernel, tup(padding)
+
+
+def _avg_pool(n: int) -> Callable[..., Converted]:
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
+
+    def bind(kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+             count_include_pad: bool = True, divisor_override: int | None = None) -> Converted:
+        k, s, p = pool_windows(n, kernel_size, stride, padding)
+        if n == 1:  # avg_pool1d has no divisor_override
+            return Call(fn, (k, s, p, ceil_mode, count_include_pad))
+        return Call(fn, (k, s, p, ceil_mode, count_include_pad, divisor_override))
+
+    return bind
+
+
+def _avg_pool_module(n: int) -> Callable[[Any], Converted]:
+    def convert(m: Any) -> Converted:
+        return _avg_pool(n)(m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                            m.count_include_pad, getattr(m, "divisor_override", None))
+    return convert
+
+
+AVG_POOLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+ADAPTIVE_POOLS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+defop(*AVG_POOLS, *ADAPTIVE_POOLS, kind=OpKind.AVGPOOL, keeps_nonneg=True)
+for _n, _module in enumerate((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), start=1):
+    spell(AVG_POOLS[_n - 1], bind=_avg_pool(_n), modules={_module: _avg_pool_module(_n)})
+for _fn, _module in zip(ADAPTIVE_POOLS, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                                         nn.AdaptiveAvgPool3d), strict=True):
+    spell(_fn, modules={_module: lambda m: (m.output_size,)})
+relevance(*AVG_POOLS, rule=POOL_RULES)(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.avg_pool_transpose, s, b[n.args[0]], *_rest(b, n, 1),
+                                        name=f"c_{b.name(n)}"),
+)))
+relevance(*ADAPTIVE_POOLS, rule=POOL_RULES)(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(rt.adaptive_avg_pool_transpose, s, b[n.args[0]],
+                                        name=f"c_{b.name(n)}"),
+)))
