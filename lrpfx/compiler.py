@@ -1,9 +1,7 @@
-"""``lrpfx.compile``: trace, canonize, annotate, check, generate."""
+"""``lrpfx.compile``: the front end (trace, canonize), annotate, check, generate."""
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,15 +9,13 @@ from torch import nn
 
 from lrpfx import codegen, composites, filters, layout, passes, validate  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
+from lrpfx.frontend import LeafSpec, canonical
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.record import RecordSpec, select
-from lrpfx.tracing import LeafSpec, trace
 
 if TYPE_CHECKING:
-    from lrpfx.patterns import Patterns
-
-CANONIZE = (passes.normalize, passes.fold_batchnorm, passes.linearize)
+    from lrpfx.patterns.store import Patterns
 
 
 def compile(  # noqa: A001  (the public name is lrpfx.compile)
@@ -62,19 +58,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out.relevance.shape == x.shape
     """
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
-    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
-    if training:
-        which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
-        warnings.warn(
-            f"{type(model).__name__} is in training mode ({which}); lrpfx explains a copy of it "
-            "in eval mode (BatchNorm running statistics, no dropout). Call model.eval() first "
-            "to silence this.",
-            stacklevel=2,
-        )
-        model = copy.deepcopy(model).eval()  # the user's model keeps its flag
-    gm = trace(model, concrete_args, leaf_modules)
-    for canonize in CANONIZE:
-        gm = canonize(gm)
+    gm = canonical(model, leaf_modules, concrete_args, warn_stacklevel=3)  # the model: only read
     gm = check_softmax(gm, strip_softmax)
     gm = passes.maxpool(gm, maxpool)
     gm = passes.check(filters.unwrap(passes.annotate(gm, composite)))

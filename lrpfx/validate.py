@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lrpfx import meta
+from lrpfx import diagnostics
 from lrpfx.errors import NonFiniteError, StaleExplainerError
 from lrpfx.ops import functional as lf
 from lrpfx.ops.registry import lookup
@@ -158,7 +158,7 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
         if node in seen or node.op != "call_function":
             continue
         seen.add(node)
-        layer = _where(node)
+        layer = diagnostics.layer(node)
         impl = lookup(node, modules)
         if node.target in _CONVS:
             weight = _attr(gm, node.args[1])
@@ -172,13 +172,6 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
             yield _Expectation(None, {} if weight is None else {-1: weight.shape[1]}, layer)
         elif node.target is lf.affine or (impl is not None and impl.kind == "activation"):
             frontier.extend(node.users)
-
-
-def _where(node: fx.Node) -> str:
-    """``'features.0' (nn.Conv2d)``: a canonical node by its module path, else its name."""
-    path = node.meta.get(meta.PATH)
-    origin = node.meta.get(meta.ORIGIN) or getattr(node.target, "__name__", node.target)
-    return f"{path if path else node.name!r} ({origin})"
 
 
 def _attr(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
@@ -245,7 +238,7 @@ def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> torch.Size:
             with torch.no_grad():
                 out = runner.run(x)
         except Exception as error:
-            where = "" if runner.node is None else f" at {_where(runner.node)}"
+            where = "" if runner.node is None else f" at {diagnostics.layer(runner.node)}"
             message = str(error).split("\n\nWhile executing")[0]
             raise ValueError(f"x of {_describe(x)} does not fit the model: it fails{where}: "
                              f"{type(error).__name__}: {message}") from error

@@ -1,0 +1,73 @@
+"""The front end: a model becomes the canonical graph every later stage works on.
+
+The seam: a front end hands the passes a canonical ``fx.GraphModule`` whose nodes carry, in
+``node.meta``, ``lrpfx.path`` (the qualified name of the module a node came from),
+``lrpfx.module_type`` (its class), ``lrpfx.origin`` (the spelling the user wrote:
+``nn.Conv2d``, ``torch.relu``) and ``stack_trace`` (where the user wrote it). Nothing after the
+seam knows which front end ran. Today there is one, symbolic tracing (``lrpfx.frontend.fx``);
+a ``torch.export`` front end comes next and hands over the same graph.
+
+``canonical`` is the one front half shared by ``lrpfx.compile`` and ``lrpfx.patterns.fit``,
+so patterns are fitted on exactly the graph that is explained: the model's eval-mode copy when
+it is in training mode (with a warning), traced, then ``CANONIZE``d (one spelling per op,
+BatchNorms folded, re-indexings made explicit). The user's model is only read.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from torch import fx, nn
+
+from lrpfx.frontend.fx import LeafSpec, trace
+from lrpfx.passes.fold_batchnorm import fold_batchnorm
+from lrpfx.passes.linearize import linearize
+from lrpfx.passes.normalize import normalize
+
+CANONIZE = (normalize, fold_batchnorm, linearize)
+
+# the training-mode warning of each caller: ``{name}`` the model's class, ``{which}`` the modules
+COMPILE_WARNING = (
+    "{name} is in training mode ({which}); lrpfx explains a copy of it in eval mode (BatchNorm "
+    "running statistics, no dropout). Call model.eval() first to silence this."
+)
+PATTERNS_WARNING = (
+    "{name} is in training mode; patterns are fitted on a copy of it in eval mode (BatchNorm "
+    "running statistics, no dropout), as lrpfx.compile explains it. Call model.eval() first to "
+    "silence this."
+)
+
+__all__ = ["CANONIZE", "COMPILE_WARNING", "PATTERNS_WARNING", "LeafSpec", "canonical"]
+
+
+def canonical(
+    model: nn.Module,
+    leaf_modules: Sequence[LeafSpec] = (),
+    concrete_args: dict[str, Any] | None = None,
+    *,
+    training_warning: str = COMPILE_WARNING,
+    warn_stacklevel: int = 2,
+) -> fx.GraphModule:
+    """The canonical graph of ``model`` with eval semantics (see the module docstring).
+
+    Args:
+        model: the model; only read. When any of its modules is in training mode, a copy in
+            eval mode is traced instead and ``training_warning`` is issued.
+        leaf_modules, concrete_args: as given to ``lrpfx.compile``.
+        training_warning: the warning's text, a format string with ``{name}`` and ``{which}``.
+        warn_stacklevel: where warnings point, counted from ``canonical`` as ``warnings.warn``
+            counts (2: the caller of ``canonical``).
+    """
+    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
+    if training:
+        which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
+        warnings.warn(training_warning.format(name=type(model).__name__, which=which),
+                      stacklevel=warn_stacklevel)
+        model = copy.deepcopy(model).eval()  # the user's model keeps its flag
+    gm = trace(model, concrete_args, leaf_modules, stacklevel=warn_stacklevel + 1)
+    for canonize in CANONIZE:
+        gm = canonize(gm)
+    return gm
