@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, filters, layout, passes, validate  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, filters, guard, layout, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
-from lrpfx.frontend import LeafSpec, canonical
+from lrpfx.frontend import LeafSpec, canonical, eval_mode
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.record import RecordSpec, select
@@ -58,11 +58,11 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out.relevance.shape == x.shape
     """
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
-    gm = canonical(model, leaf_modules, concrete_args, warn_stacklevel=3)  # the model: only read
+    model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
+    gm = canonical(model, leaf_modules, concrete_args, warn_stacklevel=3)
     gm = check_softmax(gm, strip_softmax)
     gm = passes.maxpool(gm, maxpool)
     gm = passes.check(filters.unwrap(passes.annotate(gm, composite)))
     program = layout.channels_last(codegen.generate(gm, select(gm, record)))
-    explainer = Explainer(program, gm, composite, torch_compile)
-    explainer._versions.update(validate.versions(model, "model's"))  # later writes: refused
-    return explainer
+    model_versions = guard.versions(model, "model's")  # later writes: refused
+    return Explainer(program, gm, composite, torch_compile, model_versions)

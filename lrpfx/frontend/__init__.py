@@ -10,7 +10,8 @@ a ``torch.export`` front end comes next and hands over the same graph.
 ``canonical`` is the one front half shared by ``lrpfx.compile`` and ``lrpfx.patterns.fit``,
 so patterns are fitted on exactly the graph that is explained: the model's eval-mode copy when
 it is in training mode (with a warning), traced, then ``CANONIZE``d (one spelling per op,
-BatchNorms folded, re-indexings made explicit). The user's model is only read.
+BatchNorms folded, re-indexings made explicit). The user's model is only read. ``compile``
+calls ``eval_mode`` first itself, to record the version counters of the model it explains.
 """
 
 from __future__ import annotations
@@ -40,7 +41,21 @@ PATTERNS_WARNING = (
     "silence this."
 )
 
-__all__ = ["CANONIZE", "COMPILE_WARNING", "PATTERNS_WARNING", "LeafSpec", "canonical"]
+__all__ = ["CANONIZE", "COMPILE_WARNING", "PATTERNS_WARNING", "LeafSpec", "canonical", "eval_mode"]
+
+
+def eval_mode(model: nn.Module, training_warning: str = COMPILE_WARNING,
+              stacklevel: int = 2) -> nn.Module:
+    """``model`` itself when all its modules are in eval mode; else, with ``training_warning``
+    (a format string with ``{name}`` and ``{which}``), a copy of it in eval mode. ``stacklevel``
+    counts from ``eval_mode`` as ``warnings.warn`` counts."""
+    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
+    if not training:
+        return model
+    which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
+    warnings.warn(training_warning.format(name=type(model).__name__, which=which),
+                  stacklevel=stacklevel)
+    return copy.deepcopy(model).eval()  # the user's model keeps its flag
 
 
 def canonical(
@@ -54,19 +69,14 @@ def canonical(
     """The canonical graph of ``model`` with eval semantics (see the module docstring).
 
     Args:
-        model: the model; only read. When any of its modules is in training mode, a copy in
-            eval mode is traced instead and ``training_warning`` is issued.
+        model: the model; only read. When any of its modules is in training mode, its copy in
+            eval mode is traced instead, with ``training_warning`` (``eval_mode``).
         leaf_modules, concrete_args: as given to ``lrpfx.compile``.
         training_warning: the warning's text, a format string with ``{name}`` and ``{which}``.
         warn_stacklevel: where warnings point, counted from ``canonical`` as ``warnings.warn``
             counts (2: the caller of ``canonical``).
     """
-    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
-    if training:
-        which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
-        warnings.warn(training_warning.format(name=type(model).__name__, which=which),
-                      stacklevel=warn_stacklevel)
-        model = copy.deepcopy(model).eval()  # the user's model keeps its flag
+    model = eval_mode(model, training_warning, warn_stacklevel + 1)
     gm = trace(model, concrete_args, leaf_modules, stacklevel=warn_stacklevel + 1)
     for canonize in CANONIZE:
         gm = canonize(gm)

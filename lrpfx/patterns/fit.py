@@ -15,9 +15,10 @@ import rich.progress as rp
 import torch
 from torch import fx, nn
 
+from lrpfx.diagnostics import describe
 from lrpfx.errors import PatternError
 from lrpfx.frontend import PATTERNS_WARNING, LeafSpec, canonical
-from lrpfx.ops.patterns import describe, pattern_keys
+from lrpfx.ops.patterns import pattern_keys
 from lrpfx.patterns.moments import Center, Moments, batch_moments
 from lrpfx.patterns.store import CENTERS, KINDS, PatternKind, Patterns
 
