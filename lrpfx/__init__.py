@@ -8,10 +8,9 @@
 
 from lrpfx import composites, filters, heatmap, patterns, rules, targets
 from lrpfx.compiler import compile
-from lrpfx.errors import LrpfxError, TraceError, UnsupportedOperationError
+from lrpfx.errors import LrpfxError, ModelCheckError, TraceError, UnsupportedOperationError
 from lrpfx.explainer import Explainer, Explanation
 from lrpfx.ops import register
-from lrpfx.passes.softmax import ModelCheckError
 from lrpfx.show import show
 
 __all__ = [

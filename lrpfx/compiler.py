@@ -1,26 +1,22 @@
-"""``lrpfx.compile``: trace, canonize, annotate, check, generate."""
+"""``lrpfx.compile``: the front end (trace, canonize), annotate, check, generate."""
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, passes, validate  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, guard, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
+from lrpfx.frontend import LeafSpec, canonical, eval_mode
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.program import PROGRAM_PASSES
 from lrpfx.record import RecordSpec, select
-from lrpfx.tracing import LeafSpec, trace
 
 if TYPE_CHECKING:
-    from lrpfx.patterns import Patterns
-
-CANONIZE = (passes.normalize, passes.fold_batchnorm)
+    from lrpfx.patterns.store import Patterns
 
 
 def compile(  # noqa: A001  (the public name is lrpfx.compile)
@@ -63,24 +59,12 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out.relevance.shape == x.shape
     """
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
-    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
-    if training:
-        which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
-        warnings.warn(
-            f"{type(model).__name__} is in training mode ({which}); lrpfx explains a copy of it "
-            "in eval mode (BatchNorm running statistics, no dropout). Call model.eval() first "
-            "to silence this.",
-            stacklevel=2,
-        )
-        model = copy.deepcopy(model).eval()  # the user's model keeps its flag
-    gm = trace(model, concrete_args, leaf_modules)
-    for canonize in CANONIZE:
-        gm = canonize(gm)
+    model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
+    gm = canonical(model, leaf_modules, concrete_args, warn_stacklevel=3)
     gm = check_softmax(gm, strip_softmax)
     gm = passes.check(passes.annotate(passes.facts(passes.maxpool(gm, maxpool)), composite))
     program = codegen.generate(gm, select(gm, record))
     for improve in PROGRAM_PASSES:
         program = improve(program)
-    explainer = Explainer(program, gm, composite, torch_compile)
-    explainer._versions.update(validate.versions(model, "model's"))  # later writes: refused
-    return explainer
+    model_versions = guard.versions(model, "model's")  # later writes: refused
+    return Explainer(program, gm, composite, torch_compile, model_versions)

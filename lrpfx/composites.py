@@ -39,7 +39,7 @@ from lrpfx.rules import PatternAttribution as PatternAttributionRule
 from lrpfx.rules import PatternNet as PatternNetRule
 
 if TYPE_CHECKING:
-    from lrpfx.patterns import Patterns
+    from lrpfx.patterns.store import Patterns
 
 LAYER_KINDS = (OpKind.CONV, OpKind.DENSE)
 

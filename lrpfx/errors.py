@@ -42,6 +42,14 @@ class NonFiniteError(LrpfxError, FloatingPointError):
         self.samples = samples
 
 
+class ModelCheckError(LrpfxError):
+    """The model has a shape LRP should not explain as it is (e.g. an output softmax)."""
+
+
+class PatternError(LrpfxError):
+    """Patterns cannot be fitted from the data given, or do not belong to the model compiled."""
+
+
 class StaleExplainerError(LrpfxError):
     """A tensor of the program was written in place after compile (an optimizer step on the
     model, whose tensors the program shares): its derived tensors are from before."""

@@ -1,8 +1,10 @@
-"""The Explainer: the generated program as an ``nn.Module`` with a friendly call."""
+"""The Explainer: the generated program as an ``nn.Module`` with a friendly call, and its
+one-line summary (its ``repr``; ``lrpfx.show`` prints it above the table)."""
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -10,7 +12,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx, nn
 
-from lrpfx import validate
+from lrpfx import diagnose, guard, meta
+from lrpfx.ops.table import OpKind
 
 
 class _Pair(NamedTuple):
@@ -47,14 +50,18 @@ class Explainer(nn.Module):
     """
 
     def __init__(self, program: fx.GraphModule, graph_module: fx.GraphModule,
-                 composite: object, torch_compile: bool = False) -> None:
+                 composite: object, torch_compile: bool = False,
+                 model_versions: guard.Versions | None = None) -> None:
+        """``model_versions``: ``guard.versions`` of the model compiled, taken at compile time;
+        an in-place write to its tensors afterwards (or to the explainer's own) is refused."""
         super().__init__()
         self.program = program
         self.graph_module = graph_module
         self.composite = composite
         self.torch_compile = torch_compile
         self._compiled: Callable[..., Any] | None = None  # made at the first call
-        self._versions = validate.versions(self, "explainer's")  # to see in-place writes
+        self._versions = guard.versions(self, "explainer's")  # to see in-place writes
+        self._versions.update(model_versions or {})
 
     @property
     def code(self) -> str:
@@ -79,10 +86,11 @@ class Explainer(nn.Module):
         Returns:
             ``Explanation(output, relevance)``, with ``.layers`` when layers are recorded.
         """
-        target = validate.arguments(self, x, target, output_relevance)  # or a named error
+        target = guard.arguments(self.program, self.graph_module, self._versions, x, target,
+                                 output_relevance)  # or a named error
         with torch.no_grad():
             result = self._runner()(x, target, output_relevance)
-        return validate.finite(self, Explanation(*result), x, target, output_relevance)
+        return diagnose.finite(self.program, Explanation(*result), x, target, output_relevance)
 
     def _runner(self) -> Callable[..., Any]:
         """The program, or its ``torch.compile`` form. Inductor's freezing folds the program's
@@ -105,7 +113,7 @@ class Explainer(nn.Module):
         into them: many share memory with the model it was compiled from."""
         result = super().load_state_dict(state_dict, strict=strict, assign=True)
         self._compiled = None
-        self._versions = validate.versions(self, "explainer's")  # the model's: gone
+        self._versions = guard.versions(self, "explainer's")  # the model's: gone
         return result
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -123,6 +131,30 @@ class Explainer(nn.Module):
         return clone
 
     def __repr__(self) -> str:
-        from lrpfx.show import summary  # show renders explainers: imported late
+        return summary(self.graph_module, self.program, self.composite)
 
-        return summary(self)
+
+# the op families counted in the summary, in this order
+SUMMARY_KINDS = (OpKind.CONV, OpKind.DENSE, OpKind.BATCHNORM, OpKind.MAXPOOL, OpKind.AVGPOOL,
+                 OpKind.ADD)
+
+
+def summary(graph_module: fx.GraphModule, program: fx.GraphModule, composite: object) -> str:
+    """One line: model, composite, how many layers of each kind, what canonization did (the
+    ``repr`` of the explainer of ``program``, generated from ``graph_module``)."""
+    nodes = [n for n in graph_module.graph.nodes
+             if n.op not in ("placeholder", "get_attr", "output")]
+    kinds = Counter(n.meta.get(meta.KIND) for n in nodes)
+    layers = [f"{kinds[k]} {k}" for k in SUMMARY_KINDS if kinds[k]]
+    folded = sum(len(n.meta.get(meta.FOLDED, ())) for n in nodes)
+    layers += [f"{folded} BatchNorm folded"] if folded else []
+    layers += sorted({f"maxpool={n.meta[meta.MAXPOOL]!r}" for n in nodes
+                      if n.meta.get(meta.MAXPOOL)})
+    layers += [f"output {n.meta[meta.STRIPPED]} stripped" for n in nodes
+               if n.meta.get(meta.STRIPPED)]
+    outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
+    if isinstance(outputs, tuple) and len(outputs) == 3:
+        layers.append(f"records {len(outputs[2])} layers")  # type: ignore[arg-type]
+    name = getattr(composite, "name", type(composite).__name__)
+    return (f"Explainer({type(graph_module).__name__}, {name!r}, {len(nodes)} nodes: "
+            f"{', '.join(layers)})")

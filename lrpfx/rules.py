@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 if TYPE_CHECKING:
-    from lrpfx.patterns import Patterns
+    from lrpfx.patterns.store import Patterns
 
 Input = Literal["x", "x+", "x-", "ones", "low", "high"]
 

@@ -9,8 +9,7 @@ did to it (BatchNorm folded in, max-pool mode, known sign, stripped softmax, rel
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from rich import box
@@ -19,13 +18,19 @@ from rich.table import Table
 from torch import fx
 
 from lrpfx import meta
+from lrpfx.explainer import summary as explainer_summary
 from lrpfx.filters import FILTER, TopK
-from lrpfx.ops.table import OpKind
-from lrpfx.passes.softmax import STRIPPED
 from lrpfx.rules import Epsilon, Rule, ZBox
 
-if TYPE_CHECKING:
-    from lrpfx.explainer import Explainer
+
+class Compiled(Protocol):
+    """What ``show`` reads of an explainer: the canonical graph its program was generated from,
+    the program, and the composite that chose the rules."""
+
+    graph_module: fx.GraphModule
+    program: fx.GraphModule
+    composite: object
+
 
 SYMBOLS = {"epsilon": "ε", "gamma": "γ", "alpha": "α", "beta": "β", "stabilizer": "stab"}
 MAXPOOL_NOTES = {"avg": "as avg-pool", "wta": "winner-takes-all"}
@@ -95,8 +100,8 @@ def _notes(node: fx.Node) -> str:
     mode = node.meta.get(meta.MAXPOOL)
     if mode:
         notes.append(MAXPOOL_NOTES.get(mode, mode))
-    if node.meta.get(STRIPPED):
-        notes.append(f"output {node.meta[STRIPPED]} stripped")
+    if node.meta.get(meta.STRIPPED):
+        notes.append(f"output {node.meta[meta.STRIPPED]} stripped")
     if node.meta.get(meta.NONNEG):
         notes.append("≥0")
     return "; ".join(notes)
@@ -120,7 +125,7 @@ def _shape(node: fx.Node) -> str:
     return "×".join(map(str, shape[1:])) if shape is not None else ""  # per sample
 
 
-def shapes(explainer: Explainer, example: torch.Tensor) -> None:
+def shapes(explainer: Compiled, example: torch.Tensor) -> None:
     """Record the output shape of every node of ``explainer.graph_module`` for ``example``."""
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -136,7 +141,7 @@ def _rule(node: fx.Node) -> str:
     return text
 
 
-def table(explainer: Explainer, example: torch.Tensor | None = None) -> Table:
+def table(explainer: Compiled, example: torch.Tensor | None = None) -> Table:
     """The rich table of ``lrpfx.show``: node, op, rule, shape, notes."""
     if example is not None:
         shapes(explainer, example)
@@ -157,7 +162,7 @@ def table(explainer: Explainer, example: torch.Tensor | None = None) -> Table:
     return t
 
 
-def show(explainer: Explainer, console: Console | None = None, *,
+def show(explainer: Compiled, console: Console | None = None, *,
          example: torch.Tensor | None = None) -> None:
     """Print the annotated graph of ``explainer``: one row per node with its rule.
 
@@ -170,24 +175,7 @@ def show(explainer: Explainer, console: Console | None = None, *,
     (console or Console()).print(table(explainer, example))
 
 
-# the op families counted in the summary, in this order
-SUMMARY_KINDS = (OpKind.CONV, OpKind.DENSE, OpKind.BATCHNORM, OpKind.MAXPOOL, OpKind.AVGPOOL,
-                 OpKind.ADD)
-
-
-def summary(explainer: Explainer) -> str:
-    """One line: model, composite, how many layers of each kind, what canonization did."""
-    gm = explainer.graph_module
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")]
-    kinds = Counter(n.meta[meta.KIND] for n in nodes if n.meta.get(meta.CONE))
-    layers = [f"{kinds[k]} {k}" for k in SUMMARY_KINDS if kinds[k]]
-    folded = sum(len(n.meta.get(meta.FOLDED, ())) for n in nodes)
-    layers += [f"{folded} BatchNorm folded"] if folded else []
-    layers += sorted({f"maxpool={n.meta[meta.MAXPOOL]!r}" for n in nodes
-                      if n.meta.get(meta.MAXPOOL)})
-    layers += [f"output {n.meta[STRIPPED]} stripped" for n in nodes if n.meta.get(STRIPPED)]
-    outputs = next(n for n in explainer.program.graph.nodes if n.op == "output").args[0]
-    if isinstance(outputs, tuple) and len(outputs) == 3:
-        layers.append(f"records {len(outputs[2])} layers")  # type: ignore[arg-type]
-    name = getattr(explainer.composite, "name", type(explainer.composite).__name__)
-    return f"Explainer({type(gm).__name__}, {name!r}, {len(nodes)} nodes: {', '.join(layers)})"
+def summary(explainer: Compiled) -> str:
+    """One line: model, composite, how many layers of each kind, what canonization did (the
+    explainer's ``repr``)."""
+    return explainer_summary(explainer.graph_module, explainer.program, explainer.composite)

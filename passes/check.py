@@ -9,11 +9,10 @@ patterns are checked against their weights (``lrpfx.patterns.PatternError``).
 
 from __future__ import annotations
 
-import os
-
 from torch import fx
 
 from lrpfx import meta
+from lrpfx.diagnostics import where as _where  # a node: spelling, module, source line
 from lrpfx.errors import UnsupportedOperationError
 from lrpfx.ops import table
 from lrpfx.ops.patterns import check_patterns
@@ -24,22 +23,6 @@ HINT = (
     "kind=..., rules=(...)), give the node a supported rule in the composite, or mark a "
     "submodule that contains the op as a leaf (leaf_modules=[...]) and register that module."
 )
-
-
-def _where(node: fx.Node) -> str:
-    path = node.meta.get(meta.PATH)
-    origin = node.meta.get(meta.ORIGIN) or str(node.target)
-    source = f" at {line}" if (line := source_line(node)) else ""
-    return f"{node.name} ({origin}{f', module {path!r}' if path else ''}){source}"
-
-
-def source_line(node: fx.Node) -> str:
-    """The innermost frame of the node's stack trace outside torch: where the user wrote it."""
-    frames = [t.strip() for t in (node.meta.get("stack_trace") or "").splitlines()
-              if t.strip().startswith("File")]
-    lrpfx_dir = os.path.dirname(meta.__file__) + os.sep  # the tracer's own frames
-    mine = [f for f in frames if f"{os.sep}torch{os.sep}" not in f and lrpfx_dir not in f]
-    return (mine or [""])[-1]
 
 
 def _problem(node: fx.Node, modules: dict) -> str | None:

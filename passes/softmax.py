@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx import meta
-from lrpfx.errors import LrpfxError
+from lrpfx.diagnostics import spelling
+from lrpfx.errors import ModelCheckError  # raised here, and importable from here as before
 
 STRIPPED = meta.STRIPPED  # on the logits node: what was stripped after it
 SOFTMAX_FUNCTIONS = {
@@ -27,10 +28,6 @@ SOFTMAX_FUNCTIONS = {
 }
 SOFTMAX_METHODS = {"softmax": "softmax", "log_softmax": "log-softmax"}
 SOFTMAX_MODULES = {nn.Softmax: "softmax", nn.Softmax2d: "softmax", nn.LogSoftmax: "log-softmax"}
-
-
-class ModelCheckError(LrpfxError):
-    """The model has a shape LRP should not explain as it is (e.g. an output softmax)."""
 
 
 def softmax_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -55,13 +52,10 @@ def strip_softmax(gm: fx.GraphModule, strip: bool = False) -> fx.GraphModule:
     if kind is None:
         return gm
     if not strip:
-        path = last.meta.get(meta.PATH)
-        origin = last.meta.get(meta.ORIGIN) or last.name
-        where = f"{origin}, module {path!r}" if path else f"{origin}, node {last.name!r}"
         raise ModelCheckError(
-            f"the model output is a {kind} ({where}): LRP explains logits, not probabilities. "
-            "Fix: compile with strip_softmax=True to explain the logits before it, or pass the "
-            "model without its output softmax."
+            f"the model output is a {kind} ({spelling(last)}): LRP explains logits, not "
+            "probabilities. Fix: compile with strip_softmax=True to explain the logits before "
+            "it, or pass the model without its output softmax."
         )
     logits = last.args[0]
     assert isinstance(logits, fx.Node)

@@ -13,7 +13,7 @@ from torch import nn
 
 import lrpfx
 from lrpfx import composites, passes, rules
-from lrpfx.tracing import trace
+from lrpfx.frontend.fx import trace
 
 GOLDEN = Path(__file__).parent / "golden"
 

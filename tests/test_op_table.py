@@ -14,8 +14,8 @@ from torch import nn
 import lrpfx
 from lrpfx import composites, meta, passes, rules
 from lrpfx.errors import RegistrationError
+from lrpfx.frontend.fx import trace
 from lrpfx.ops import OPS, OpKind, defop, relevance, spell, table
-from lrpfx.tracing import trace
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from torch import nn
 
 import lrpfx
 from lrpfx import rules
+from lrpfx.frontend.fx import Tracer
 from lrpfx.ops import table
-from lrpfx.tracing import Tracer
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",

@@ -28,6 +28,7 @@ from torch import fx
 from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
+from lrpfx.diagnostics import describe
 from lrpfx.ops.table import Contribution, relevance
 from lrpfx.rules import PatternAttribution, PatternNet
 
@@ -56,13 +57,6 @@ def pattern_keys(graph: fx.Graph) -> dict[fx.Node, str]:
         keys[node] = f"{name}#{seen[name]}" if total[name] > 1 else name
         seen[name] += 1
     return keys
-
-
-def describe(node: fx.Node) -> str:
-    """``node conv2d_1 (nn.Conv2d, module 'features.3')`` for error messages."""
-    origin = node.meta.get(meta.ORIGIN) or getattr(node.target, "__name__", str(node.target))
-    path = node.meta.get(meta.PATH)
-    return f"node {node.name} ({origin}{f', module {path!r}' if path else ''})"
 
 
 def check_patterns(gm: fx.GraphModule) -> None:

@@ -1,4 +1,4 @@
-"""What an explainer accepts, checked before it runs, and what it returns, checked after.
+"""What an explainer accepts, checked before its program runs.
 
 Before the program runs, ``arguments`` refuses, naming the argument and the fix:
 
@@ -19,9 +19,7 @@ The output shape for ``x`` is found without computing anything: the canonical fo
 run on ``meta`` tensors, once per input shape and dtype (cached). Where that cannot be done
 (a user module that needs real values), the forward is run for real once per shape instead.
 
-After the program ran, ``finite`` makes sure no NaN or Inf comes out of finite inputs: it
-raises ``NonFiniteError`` naming the first node of the program that produced one, found by
-re-running the program node by node (only then), with the explanation attached.
+After the program ran, ``lrpfx.diagnose`` checks what it returned.
 """
 
 from __future__ import annotations
@@ -30,18 +28,15 @@ import itertools
 import numbers
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lrpfx import meta
+from lrpfx import diagnostics, meta
 from lrpfx import runtime as rt
-from lrpfx.errors import NonFiniteError, StaleExplainerError
-
-if TYPE_CHECKING:
-    from lrpfx.explainer import Explainer
+from lrpfx.errors import StaleExplainerError
 
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _POOLS = {
@@ -55,20 +50,6 @@ _shapes: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple[Any, ...], torch.S
 )
 
 
-def arguments(explainer: Explainer, x: Any, target: Any, output_relevance: Any
-              ) -> torch.Tensor | None:
-    """Check the arguments of ``explainer(x, target, output_relevance=...)``; returns the target
-    as a LongTensor of one class per sample on ``x``'s device (or None for the argmax)."""
-    _check_unchanged(explainer)
-    _check_x(explainer, x)
-    shape = output_shape(explainer.graph_module, x)
-    if output_relevance is not None:
-        _check_output_relevance(output_relevance, x, shape, target)
-    elif target is None:
-        _classes(shape, "the default target (each sample's argmax)")
-    return _check_target(target, x, shape)
-
-
 # -- the program's tensors, unchanged since compile ------------------------------------------------
 Versions = dict[int, tuple["weakref.ref[torch.Tensor]", int, str]]
 
@@ -80,14 +61,29 @@ def versions(module: nn.Module, owner: str = "explainer") -> Versions:
     return {id(t): (weakref.ref(t), t._version, f"{owner} tensor {name!r}") for name, t in named}
 
 
-def _check_unchanged(explainer: Explainer) -> None:
+def arguments(program: fx.GraphModule, graph_module: fx.GraphModule, versions: Versions,
+              x: Any, target: Any, output_relevance: Any) -> torch.Tensor | None:
+    """Check the arguments of ``explainer(x, target, output_relevance=...)`` for the explainer
+    of ``program``, generated from the canonical ``graph_module``, whose tensors had
+    ``versions`` at compile time; returns the target as a LongTensor of one class per sample
+    on ``x``'s device (or None for the argmax)."""
+    _check_unchanged(versions)
+    _check_x(program, graph_module, x)
+    shape = output_shape(graph_module, x)
+    if output_relevance is not None:
+        _check_output_relevance(output_relevance, x, shape, target)
+    elif target is None:
+        _classes(shape, "the default target (each sample's argmax)")
+    return _check_target(target, x, shape)
+
+
+def _check_unchanged(recorded: Versions) -> None:
     """Refuse to explain when the model, or a tensor of the program, was written in place since
     compile: the tensors derived then (folded BatchNorm, w⁺, ...) would be out of date.
 
     A BatchNorm's statistics are updated in training mode without a new version; its
     ``num_batches_tracked`` counter shows the update. Writes through ``.data`` are not seen.
     """
-    recorded: Versions = getattr(explainer, "_versions", {})
     changed = [(label, t) for ref, version, label in recorded.values()
                if (t := ref()) is not None and t._version != version]
     if changed:
@@ -100,22 +96,22 @@ def _check_unchanged(explainer: Explainer) -> None:
 
 
 # -- x ---------------------------------------------------------------------------------------------
-def _tensors(explainer: Explainer) -> Iterator[torch.Tensor]:
-    yield from explainer.program.buffers()
-    yield from explainer.program.parameters()
+def _tensors(program: fx.GraphModule) -> Iterator[torch.Tensor]:
+    yield from program.buffers()
+    yield from program.parameters()
 
 
 def _describe(x: torch.Tensor) -> str:
     return f"shape {tuple(x.shape)}"
 
 
-def _check_x(explainer: Explainer, x: Any) -> None:
+def _check_x(program: fx.GraphModule, graph_module: fx.GraphModule, x: Any) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor (a batch of inputs), got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert it "
                         "first, e.g. x.float() (and scale images to the model's input range)")
-    reference = next((t for t in _tensors(explainer) if t.is_floating_point()), None)
+    reference = next((t for t in _tensors(program) if t.is_floating_point()), None)
     if reference is not None and x.device != reference.device:
         raise ValueError(f"x is on {x.device} but the explainer is on {reference.device}; move "
                          f"one of them: x.to('{reference.device}') or "
@@ -128,7 +124,7 @@ def _check_x(explainer: Explainer, x: Any) -> None:
         raise ValueError("x must be a batch with the batch dimension first, got a 0-d tensor")
     if x.shape[0] == 0:
         raise ValueError(f"x is an empty batch ({_describe(x)}); pass at least one sample")
-    _check_first_layers(explainer.graph_module, x)
+    _check_first_layers(graph_module, x)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"x contains {_count_nonfinite(x)}; lrpfx does not explain non-finite "
                          "inputs: replace them first (torch.nan_to_num) or drop those samples")
@@ -156,7 +152,7 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
         if node in seen or node.op != "call_function":
             continue
         seen.add(node)
-        layer = _where(node)
+        layer = diagnostics.layer(node)
         if node.target in _CONVS:
             weight = _attr(gm, node.args[1])
             groups = node.args[6] if len(node.args) > 6 else 1
@@ -169,13 +165,6 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
             yield _Expectation(None, {} if weight is None else {-1: weight.shape[1]}, layer)
         elif node.target is rt.affine or node.meta.get(meta.KIND) == "activation":
             frontier.extend(node.users)
-
-
-def _where(node: fx.Node) -> str:
-    """``'features.0' (nn.Conv2d)``: a canonical node by its module path, else its name."""
-    path = node.meta.get(meta.PATH)
-    origin = node.meta.get(meta.ORIGIN) or getattr(node.target, "__name__", node.target)
-    return f"{path if path else node.name!r} ({origin})"
 
 
 def _attr(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
@@ -242,7 +231,7 @@ def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> torch.Size:
             with torch.no_grad():
                 out = runner.run(x)
         except Exception as error:
-            where = "" if runner.node is None else f" at {_where(runner.node)}"
+            where = "" if runner.node is None else f" at {diagnostics.layer(runner.node)}"
             message = str(error).split("\n\nWhile executing")[0]
             raise ValueError(f"x of {_describe(x)} does not fit the model: it fails{where}: "
                              f"{type(error).__name__}: {message}") from error
@@ -310,87 +299,3 @@ def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size, target: 
                          "output entry")
     if not bool(torch.isfinite(r).all()):
         raise ValueError(f"output_relevance contains {_count_nonfinite(r)}")
-
-
-# -- after the run: no NaN or Inf out of finite inputs ---------------------------------------------
-class _FirstNonFinite(fx.Interpreter):
-    """Runs the program node by node and stops at the first node whose value is non-finite
-    while all its inputs are finite."""
-
-    class Found(Exception):
-        def __init__(self, node: fx.Node) -> None:
-            self.node = node
-
-    def __init__(self, program: fx.GraphModule) -> None:
-        super().__init__(program)
-        self.bad: set[fx.Node] = set()
-
-    def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
-        if n.op in ("placeholder", "output") or not _nonfinite(value):
-            return value
-        if any(a in self.bad for a in n.all_input_nodes):
-            self.bad.add(n)
-            return value
-        raise self.Found(n)
-
-
-def _nonfinite(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.is_floating_point() and not bool(torch.isfinite(value).all())
-    if isinstance(value, tuple | list):
-        return any(_nonfinite(v) for v in value)
-    return False
-
-
-def _origin(program: fx.GraphModule, args: tuple[Any, ...]) -> fx.Node | None:
-    try:
-        with torch.no_grad():
-            _FirstNonFinite(program).run(*args)
-    except _FirstNonFinite.Found as found:
-        return found.node
-    return None
-
-
-def _hint(program: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> str:
-    output = next(n for n in program.graph.nodes if n.op == "output")
-    model_output = output.args[0][0]  # type: ignore[index]
-    forward, stack = set(), [model_output]
-    while stack:
-        n = stack.pop()
-        if n not in forward:
-            forward.add(n)
-            stack.extend(n.all_input_nodes)
-    if node.op == "get_attr":
-        return "a parameter or buffer of the model is already NaN/Inf"
-    if node in forward:
-        return f"the model's own forward overflows there in {dtype}; explain in a wider dtype"
-    if node.target in (torch.div, torch.true_divide) or getattr(node.target, "__name__", "") in (
-            "truediv", "div"):
-        return ("a denominator z is 0 where the rule's stabilizer is 0 (or too small for "
-                f"{dtype}); give the rule a positive epsilon/stabilizer, e.g. rules.Epsilon(1e-6)")
-    return f"a value overflows {dtype} there; explain in a wider dtype"
-
-
-def finite(explainer: Explainer, explanation: Any, x: torch.Tensor, target: Any,
-           output_relevance: Any) -> Any:
-    """Return ``explanation`` if its output and relevance are finite, else raise
-    ``NonFiniteError`` saying where the first NaN/Inf came from."""
-    output, relevance = explanation[0], explanation[1]
-    if bool(torch.isfinite(relevance).all() & torch.isfinite(output).all()):
-        return explanation
-    rows = ~torch.isfinite(relevance.reshape(relevance.shape[0], -1)).all(1)
-    rows |= ~torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
-    samples = [int(i) for i in rows.nonzero()[:, 0]]
-    node = _origin(explainer.program, (x, target, output_relevance))
-    where = ""
-    if node is not None:
-        op = getattr(node.target, "__name__", str(node.target))
-        hint = _hint(explainer.program, node, x.dtype)
-        where = (f"; the first one comes from node {node.name!r} ({op}) of the relevance "
-                 f"program (print(explainer.code)): {hint}")
-    raise NonFiniteError(
-        f"the explanation contains NaN/Inf for sample(s) {samples} although x is finite{where}."
-        " The result is in this error's .explanation.",
-        explanation, None if node is None else node.name, samples,
-    )

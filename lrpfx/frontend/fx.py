@@ -7,7 +7,7 @@ On top of ``torch.fx`` tracing (the model is only read):
   value. ``normalize`` then makes every in-place op out of place.
 - An in-place write that another name would see (a view of the written tensor read later, or a
   parameter or buffer of the model) cannot be made out of place: it is refused, listed like an
-  unsupported op.
+  unsupported op (``lrpfx.frontend.hidden_writes``).
 - Module classes registered with ``lrpfx.register`` are leaves, like ``leaf_modules``; the
   program gets its own copy of each such module (sharing its tensors), so nothing done to the
   explainer (``.to()``, ``load_state_dict``) reaches the user's module.
@@ -19,28 +19,22 @@ On top of ``torch.fx`` tracing (the model is only read):
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import operator
-import os
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from lrpfx.errors import TraceError, UnsupportedOperationError
+from lrpfx.diagnostics import user_frame
+from lrpfx.errors import TraceError
+from lrpfx.frontend.hidden_writes import AUGMENTED, refuse_hidden_writes
 from lrpfx.ops.table import OPS
 
 LeafSpec = type[nn.Module] | str
 
 
-# augmented assignments on tensors, traced as the in-place ops they are
-_AUGMENTED = {"__iadd__": operator.iadd, "__isub__": operator.isub, "__imul__": operator.imul,
-              "__itruediv__": operator.itruediv}
 # nodes whose value is not a tensor (sizes, dims, flags): ``n += 1`` rebinds them, as in Python
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "item", "tolist", "__len__", "element_size"}
 
@@ -73,7 +67,7 @@ def _augmented(name: str, op: Callable[..., Any]) -> Callable[..., Any]:
     return method
 
 
-for _name, _op in _AUGMENTED.items():
+for _name, _op in AUGMENTED.items():
     setattr(Proxy, _name, _augmented(_name, _op))
 
 
@@ -117,8 +111,13 @@ def trace(
     model: nn.Module,
     concrete_args: dict[str, Any] | None = None,
     leaf_modules: Sequence[LeafSpec] = (),
+    *,
+    stacklevel: int = 3,
 ) -> fx.GraphModule:
     """Trace ``model`` symbolically. The model is only read.
+
+    A warning about forward hooks of leaf modules goes to the frame ``stacklevel`` frames up
+    from ``trace`` (as ``warnings.warn`` counts; the default: the caller of trace's caller).
 
     Raises:
         TraceError: the model cannot be traced, or takes more than one tensor input; the
@@ -134,24 +133,13 @@ def trace(
         raise TraceError(_trace_failure(model, tracer, error)) from error
     _drop_fixed_inputs(graph, model)
     modules = dict(model.named_modules())
-    _refuse_hidden_writes(graph, modules)
-    _warn_leaf_hooks(graph, modules)
+    refuse_hidden_writes(graph, modules)
+    _warn_leaf_hooks(graph, modules, stacklevel + 1)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     for target in {str(n.target) for n in graph.nodes if n.op == "call_module"}:
         if tracer.user_leaf(modules[target], target):
             gm.set_submodule(target, _alias_copy(modules[target]))
     return gm
-
-
-def _user_frame(error: BaseException) -> str:
-    """The innermost frame of ``error``'s traceback in the user's code (not torch, not lrpfx)."""
-    skip = (f"{os.sep}torch{os.sep}", os.path.dirname(__file__))
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if not any(part in f.filename for part in skip)]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f'File "{f.filename}", line {f.lineno}, in {f.name}: {f.line}'
 
 
 def _trace_failure(model: nn.Module, tracer: Tracer, error: Exception) -> str:
@@ -166,7 +154,7 @@ def _trace_failure(model: nn.Module, tracer: Tracer, error: Exception) -> str:
         leaf = (f"\n  - keep {path!r} whole: leaf_modules=[{cls}] or leaf_modules=[{path!r}], "
                 f"and register how relevance passes it: @lrpfx.register({cls}, kind=..., "
                 "rules=(...))")
-    line = _user_frame(error)
+    line = user_frame(error)
     at = f"  at {line}\n" if line else ""
     return (
         f"torch.fx could not trace {name}: in {where}: {type(error).__name__}: {error}\n"
@@ -223,7 +211,7 @@ def _parameter_hook(hook: object) -> bool:
     return isinstance(hook, kinds) or isinstance(getattr(hook, "__self__", None), kinds)
 
 
-def _warn_leaf_hooks(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+def _warn_leaf_hooks(graph: fx.Graph, modules: dict[str, nn.Module], stacklevel: int) -> None:
     """Warn that forward hooks of leaf modules are not run: the program calls no layer of the
     user's (tracing runs the hooks of the other modules, on symbolic values, like fx)."""
     hooked = sorted({
@@ -238,7 +226,7 @@ def _warn_leaf_hooks(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
             f"the explainer does not run forward hooks of layers, and these have some: {names}. "
             "A hook that only observes is fine; one that changes a layer's input or output is "
             "not part of the explanation (build its effect into the model instead).",
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
@@ -256,102 +244,3 @@ def _alias_copy(module: nn.Module) -> nn.Module:
             if hasattr(m, hooks):
                 setattr(m, hooks, type(getattr(m, hooks))())
     return clone
-
-
-# -- in-place writes another name would see ------------------------------------------------------
-# ops whose result may share memory with their first argument (conservative: a copy counts too)
-_ALIAS_METHODS = {
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "permute",
-    "t", "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "select", "unbind", "chunk",
-    "split", "tensor_split", "as_strided", "detach", "contiguous", "unfold", "diagonal",
-    "movedim", "moveaxis", "swapaxes", "swapdims", "to", "type", "type_as", "float", "double",
-    "half", "bfloat16", "__getitem__",
-}
-_ALIAS_FUNCTIONS = {
-    torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
-    torch.narrow, torch.select, torch.chunk, torch.split, torch.unbind, torch.t, torch.movedim,
-    torch.swapaxes, torch.detach, torch.unflatten, torch.tensor_split, operator.getitem,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-}
-_ALIAS_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                  nn.Dropout3d, nn.AlphaDropout)
-
-
-def _writes(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node`` writes its first argument in place (eager semantics)."""
-    if node.op == "call_method":
-        name = str(node.target)
-        return name.endswith("_") and not name.endswith("__") and name != "requires_grad_"
-    if node.op == "call_module":
-        return getattr(modules.get(str(node.target)), "inplace", False) is True
-    if node.op != "call_function" or not callable(node.target):
-        return False
-    name = getattr(node.target, "__name__", "")
-    if node.target in _AUGMENTED.values() or (name.endswith("_") and not name.endswith("__")):
-        return True
-    try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-    except (TypeError, ValueError):  # builtins without a signature, unusual calls
-        return node.kwargs.get("inplace") is True
-    return bound.arguments.get("inplace") is True
-
-
-def _aliases(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node``'s value may share memory with its first argument."""
-    if node.op == "call_method":
-        return str(node.target) in _ALIAS_METHODS
-    if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), _ALIAS_MODULES)
-    return node.op == "call_function" and node.target in _ALIAS_FUNCTIONS
-
-
-def _refuse_hidden_writes(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
-    """Refuse in-place writes that ``normalize`` cannot turn out of place.
-
-    ``normalize`` makes ``a.relu_()`` out of place by letting later readers of ``a`` read the
-    result. That is exact unless the written memory is also reached another way: through a
-    view of ``a`` (or a tensor ``a`` is a view of) created before the write and read after
-    it, or because it is a parameter or buffer of the model.
-    """
-    order = {n: i for i, n in enumerate(graph.nodes)}
-
-    def linked(n: fx.Node) -> bool:
-        return (_aliases(n, modules) or _writes(n, modules)) and bool(n.args) and isinstance(
-            n.args[0], fx.Node)
-
-    problems = []
-    for node in graph.nodes:
-        if not _writes(node, modules) or not node.args or not isinstance(node.args[0], fx.Node):
-            continue
-        written = node.args[0]
-        base = written
-        while linked(base):
-            base = base.args[0]  # type: ignore[assignment]
-        if base.op == "get_attr":
-            problems.append((node, f"writes the model's own tensor {base.target!r} in place"))
-            continue
-        family, stack = set(), [base]
-        while stack:  # every view of the base, and views of views
-            n = stack.pop()
-            family.add(n)
-            stack.extend(u for u in n.users if linked(u) and u.args[0] is n and u not in family)
-        stale = sorted(
-            (n for n in family if n is not written and order[n] < order[node]
-             and any(order[u] > order[node] for u in n.users)),
-            key=order.__getitem__,
-        )
-        if stale:
-            names = ", ".join(repr(n.name) for n in stale)
-            problems.append((node, f"writes {written.name!r} in place, and {names} (the same "
-                                   "memory under another name) is read afterwards"))
-    if problems:
-        from lrpfx.passes.check import source_line  # the passes import lrpfx; import late
-
-        lines = []
-        for node, why in problems:
-            line = source_line(node)
-            lines.append(f"{node.name} ({node.target}){f' at {line}' if line else ''}: {why}")
-        raise UnsupportedOperationError(
-            lines, "Fix: write these ops out of place (y = x.relu() instead of x.relu_(), "
-            "y = x + z instead of x += z, nn.ReLU() instead of nn.ReLU(inplace=True)); lrpfx "
-            "runs every op out of place and cannot reproduce writes seen through another name.")

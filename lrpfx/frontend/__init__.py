@@ -1,0 +1,82 @@
+"""The front end: a model becomes the canonical graph every later stage works on.
+
+The seam: a front end hands the passes a canonical ``fx.GraphModule`` whose nodes carry, in
+``node.meta``, ``lrpfx.path`` (the qualified name of the module a node came from),
+``lrpfx.module_type`` (its class), ``lrpfx.origin`` (the spelling the user wrote:
+``nn.Conv2d``, ``torch.relu``) and ``stack_trace`` (where the user wrote it). Nothing after the
+seam knows which front end ran. Today there is one, symbolic tracing (``lrpfx.frontend.fx``);
+a ``torch.export`` front end comes next and hands over the same graph.
+
+``canonical`` is the one front half shared by ``lrpfx.compile`` and ``lrpfx.patterns.fit``,
+so patterns are fitted on exactly the graph that is explained: the model's eval-mode copy when
+it is in training mode (with a warning), traced, then ``CANONIZE``d (one spelling per op,
+re-indexings included; BatchNorms folded). The user's model is only read. ``compile``
+calls ``eval_mode`` first itself, to record the version counters of the model it explains.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from torch import fx, nn
+
+from lrpfx.frontend.fx import LeafSpec, trace
+from lrpfx.passes.fold_batchnorm import fold_batchnorm
+from lrpfx.passes.normalize import normalize
+
+CANONIZE = (normalize, fold_batchnorm)
+
+# the training-mode warning of each caller: ``{name}`` the model's class, ``{which}`` the modules
+COMPILE_WARNING = (
+    "{name} is in training mode ({which}); lrpfx explains a copy of it in eval mode (BatchNorm "
+    "running statistics, no dropout). Call model.eval() first to silence this."
+)
+PATTERNS_WARNING = (
+    "{name} is in training mode; patterns are fitted on a copy of it in eval mode (BatchNorm "
+    "running statistics, no dropout), as lrpfx.compile explains it. Call model.eval() first to "
+    "silence this."
+)
+
+__all__ = ["CANONIZE", "COMPILE_WARNING", "PATTERNS_WARNING", "LeafSpec", "canonical", "eval_mode"]
+
+
+def eval_mode(model: nn.Module, training_warning: str = COMPILE_WARNING,
+              stacklevel: int = 2) -> nn.Module:
+    """``model`` itself when all its modules are in eval mode; else, with ``training_warning``
+    (a format string with ``{name}`` and ``{which}``), a copy of it in eval mode. ``stacklevel``
+    counts from ``eval_mode`` as ``warnings.warn`` counts."""
+    training = [name or "(the model itself)" for name, m in model.named_modules() if m.training]
+    if not training:
+        return model
+    which = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if training[3:] else "")
+    warnings.warn(training_warning.format(name=type(model).__name__, which=which),
+                  stacklevel=stacklevel)
+    return copy.deepcopy(model).eval()  # the user's model keeps its flag
+
+
+def canonical(
+    model: nn.Module,
+    leaf_modules: Sequence[LeafSpec] = (),
+    concrete_args: dict[str, Any] | None = None,
+    *,
+    training_warning: str = COMPILE_WARNING,
+    warn_stacklevel: int = 2,
+) -> fx.GraphModule:
+    """The canonical graph of ``model`` with eval semantics (see the module docstring).
+
+    Args:
+        model: the model; only read. When any of its modules is in training mode, its copy in
+            eval mode is traced instead, with ``training_warning`` (``eval_mode``).
+        leaf_modules, concrete_args: as given to ``lrpfx.compile``.
+        training_warning: the warning's text, a format string with ``{name}`` and ``{which}``.
+        warn_stacklevel: where warnings point, counted from ``canonical`` as ``warnings.warn``
+            counts (2: the caller of ``canonical``).
+    """
+    model = eval_mode(model, training_warning, warn_stacklevel + 1)
+    gm = trace(model, concrete_args, leaf_modules, stacklevel=warn_stacklevel + 1)
+    for canonize in CANONIZE:
+        gm = canonize(gm)
+    return gm
