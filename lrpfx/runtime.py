@@ -116,15 +116,8 @@ def div_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @kernel(fresh=True)
-def conv_transpose(
-    s: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-) -> torch.Tensor:
+def conv_transpose(s: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                   padding: Sequence[int], dilation: Sequence[int], groups: int) -> torch.Tensor:
     """The transpose of ``conv(·, weight)`` applied to ``s``, shaped like ``x``."""
     return torch.ops.aten.convolution_backward(
         s, x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
@@ -146,16 +139,10 @@ def _as_2d(
 
 
 @kernel(fresh=True)
-def avg_pool_transpose(
-    s: torch.Tensor,
-    x: torch.Tensor,
-    kernel_size: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    ceil_mode: bool,
-    count_include_pad: bool = True,
-    divisor_override: int | None = None,
-) -> torch.Tensor:
+def avg_pool_transpose(s: torch.Tensor, x: torch.Tensor, kernel_size: Sequence[int],
+                       stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
+                       count_include_pad: bool = True, divisor_override: int | None = None
+                       ) -> torch.Tensor:
     """The transpose of ``avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
     aten = torch.ops.aten
     args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -181,13 +168,8 @@ def adaptive_avg_pool_transpose(s: torch.Tensor, x: torch.Tensor) -> torch.Tenso
 
 
 @kernel(fresh=True)
-def avg_pool(
-    x: torch.Tensor,
-    kernel_size: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    ceil_mode: bool,
-) -> torch.Tensor:
+def avg_pool(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+             padding: Sequence[int], ceil_mode: bool) -> torch.Tensor:
     """Average pooling of any dimension 1-3 (max-pool windows treated as averages)."""
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
     return pool(x, list(kernel_size), list(stride), list(padding), ceil_mode, True)

@@ -1,26 +1,18 @@
-"""Composites: which rule each node gets.
-
-A composite is an ordered list of ``(matcher, rule)``; the first match wins, and user entries
-come before a preset's defaults. Matchers look at what the graph knows: the op family of the
-node (``kind``, an ``lrpfx.ops.OpKind``: ``"conv"``, ``"dense"``, ``"activation"``, ``"avgpool"``,
-``"maxpool"``, ``"batchnorm"``...), the class of the module it came from (or the function
-equivalent to it: ``F.conv2d`` matches ``nn.Conv2d``), its qualified name, and its position in
-execution order.
-"""
+"""The presets: LRP composites by name (Zennit's names), PatternNet and PatternAttribution, and
+``resolve``, which turns whatever ``lrpfx.compile`` is given into a composite."""
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from lrpfx import meta
-from lrpfx.ops.table import EQUIVALENT, OpKind
+from lrpfx.composites.composite import Composite, Entry, UserRules
+from lrpfx.composites.matchers import LAYER_KINDS, Context, First, Key, Kind
 from lrpfx.rules import (
     AlphaBeta,
     Epsilon,
@@ -40,153 +32,6 @@ from lrpfx.rules import PatternNet as PatternNetRule
 
 if TYPE_CHECKING:
     from lrpfx.patterns.store import Patterns
-
-LAYER_KINDS = (OpKind.CONV, OpKind.DENSE)
-
-
-@dataclass(frozen=True)
-class Context:
-    """What matchers may ask of the graph: each node's op family and the execution order."""
-
-    kinds: Mapping[fx.Node, OpKind]
-    order: Sequence[fx.Node]
-
-    def layers(self, kinds: Sequence[OpKind]) -> list[fx.Node]:
-        """Nodes of the given kinds, in execution order."""
-        return [n for n in self.order if self.kinds.get(n) in kinds]
-
-
-class Matcher:
-    """Base class of matchers: ``matches(node, context) -> bool``."""
-
-    #: in a dict composite, entries are tried by specificity (names before classes)
-    specificity = 0
-
-    def matches(self, node: fx.Node, ctx: Context) -> bool:
-        raise NotImplementedError
-
-
-def _kinds(names: Sequence[OpKind | str]) -> tuple[OpKind, ...]:
-    known = ", ".join(k.value for k in OpKind)
-    for name in names:
-        if name not in OpKind._value2member_map_:
-            raise ValueError(f"unknown op kind {name!r}; the kinds are: {known}")
-    return tuple(OpKind(name) for name in names)
-
-
-@dataclass(frozen=True)
-class Kind(Matcher):
-    """Nodes whose op belongs to one of ``kinds`` (``OpKind`` members or their names; an
-    unknown name is a ``ValueError`` here, not a matcher that silently matches nothing)."""
-
-    kinds: tuple[OpKind, ...]
-
-    def __init__(self, *kinds: OpKind | str) -> None:
-        object.__setattr__(self, "kinds", _kinds(kinds))
-
-    def matches(self, node: fx.Node, ctx: Context) -> bool:
-        return ctx.kinds.get(node) in self.kinds
-
-
-@dataclass(frozen=True)
-class Type(Matcher):
-    """Nodes from a module of class ``cls`` (subclasses too), or a call of its function form."""
-
-    cls: type[nn.Module]
-
-    def matches(self, node: fx.Node, ctx: Context) -> bool:
-        origin = node.meta.get(meta.MODULE_TYPE)
-        if origin is not None:
-            return issubclass(origin, self.cls)
-        return node.target in EQUIVALENT.get(self.cls, ())  # the function it is spelled as
-
-
-@dataclass(frozen=True)
-class Name(Matcher):
-    """Nodes whose module path matches a glob (``"features.0"``, ``"classifier.*"``)."""
-
-    pattern: str
-    specificity = 2
-
-    def matches(self, node: fx.Node, ctx: Context) -> bool:
-        path = node.meta.get(meta.PATH)
-        return path is not None and fnmatch.fnmatchcase(path, self.pattern)
-
-
-@dataclass(frozen=True)
-class Position(Matcher):
-    """Layers of ``kinds`` at positions ``start <= i < stop`` of the execution order.
-
-    The positions slice the list of layers as Python does: ``Position(0, 1)`` is the first
-    layer, ``Position(-1)`` the last, ``Position(3, 10)`` the fourth to the tenth.
-    """
-
-    start: int | None = None
-    stop: int | None = None
-    kinds: tuple[OpKind, ...] = LAYER_KINDS
-    specificity = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kinds", _kinds(self.kinds))
-
-    def matches(self, node: fx.Node, ctx: Context) -> bool:
-        return node in ctx.layers(self.kinds)[self.start : self.stop]
-
-
-def First(*kinds: OpKind | str) -> Position:  # noqa: N802  (reads as a matcher class)
-    """The first layer of ``kinds`` (conv or dense by default) in execution order."""
-    return Position(0, 1, _kinds(kinds) or LAYER_KINDS)
-
-
-Entry = tuple[Matcher, Rule]
-Key = Matcher | type[nn.Module] | str
-
-
-def as_matcher(key: Key) -> Matcher:
-    """A dict key as a matcher: a module class, a name glob or a matcher."""
-    if isinstance(key, Matcher):
-        return key
-    if isinstance(key, str):
-        return Name(key)
-    if isinstance(key, type) and issubclass(key, nn.Module):
-        return Type(key)
-    raise TypeError(f"composite keys are nn.Module classes, name globs or matchers; got {key!r}")
-
-
-UserRules = Mapping[Key, Rule] | Sequence[Entry] | None
-
-
-def _user_entries(rules: UserRules) -> list[Entry]:
-    if rules is None:
-        return []
-    if isinstance(rules, Mapping):
-        entries = [(as_matcher(k), r) for k, r in rules.items()]
-        return sorted(entries, key=lambda e: -e[0].specificity)  # stable: map order kept
-    return [(as_matcher(m), r) for m, r in rules]
-
-
-class Composite:
-    """An ordered list of ``(matcher, rule)``; the first match wins.
-
-    Args:
-        entries: ``(matcher, rule)`` pairs (or a dict keyed by class, name glob or matcher; in a
-            dict, names and positions are tried before classes).
-        defaults: entries tried after ``entries``.
-    """
-
-    name = "custom"
-
-    def __init__(
-        self, entries: UserRules = None,
-        defaults: Sequence[Entry] = (),
-    ) -> None:
-        self.entries: list[Entry] = [*_user_entries(entries), *defaults]
-
-    def rule_for(self, node: fx.Node, ctx: Context) -> Rule | None:
-        return next((rule for m, rule in self.entries if m.matches(node, ctx)), None)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self.entries)} entries)"
 
 
 def base_entries(stabilizer: float = 1e-6, ignore_bias: bool = False) -> list[Entry]:
