@@ -87,3 +87,11 @@ def test_the_demo_without_scikit_learn_says_what_to_install(monkeypatch):
     assert cli.main(["demo", "--epochs", "1"], console) == 2
     assert 'pip install "lrpfx[demo]"' in console.file.getvalue()
     assert len(console.file.getvalue().strip().splitlines()) == 1
+
+
+def test_compile_scaling_prints_the_table_and_explains_a_deep_chain(capsys):
+    example("compile_scaling")["main"](["--blocks", "10", "20", "--repeat", "1", "--deep", "400"])
+    printed = capsys.readouterr().out
+    assert "t(2N)/t(N)" in printed and "  20 │" in printed
+    error = float(printed.split("against the logit:")[1].split()[0])
+    assert error < 1e-8  # 400 residual adds, LRP-0 in float64: conserved
