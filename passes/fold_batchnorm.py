@@ -10,13 +10,14 @@ BatchNorm. The outputs are unchanged; the user's tensors are not touched.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
 from lrpfx import runtime as rt
+from lrpfx.ops import table
+from lrpfx.ops.table import OpKind
 
-FOLDABLE = {F.conv1d, F.conv2d, F.conv3d, F.linear}
+FOLDABLE = (OpKind.CONV, OpKind.DENSE)  # the op families a BatchNorm after them folds into
 
 
 def fold_affine(
@@ -41,7 +42,7 @@ def _foldable(node: fx.Node) -> bool:
     layer = node.args[0]
     return (
         isinstance(layer, fx.Node) and layer.op == "call_function"
-        and layer.target in FOLDABLE and len(layer.users) == 1
+        and table.kind_of(layer.target) in FOLDABLE and len(layer.users) == 1
         and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in node.args[1:3])
         and isinstance(layer.args[1], fx.Node) and layer.args[1].op == "get_attr"
     )

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
+from lrpfx.ops import table
+from lrpfx.ops.table import OpKind
 
 MaxPoolMode = Literal["avg", "wta"]
-MAX_POOLS = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
 
 
 def maxpool(gm: fx.GraphModule, mode: MaxPoolMode = "avg") -> fx.GraphModule:
@@ -25,7 +25,7 @@ def maxpool(gm: fx.GraphModule, mode: MaxPoolMode = "avg") -> fx.GraphModule:
     if mode not in ("avg", "wta"):
         raise ValueError(f"maxpool must be 'avg' or 'wta', got {mode!r}")
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in MAX_POOLS:
+        if node.op == "call_function" and table.kind_of(node.target) is OpKind.MAXPOOL:
             dilation = node.args[4]
             if mode == "avg" and any(d != 1 for d in dilation):
                 node.meta[meta.UNSUPPORTED] = "maxpool='avg' with dilation; use maxpool='wta'"

@@ -29,10 +29,11 @@ from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.diagnostics import describe
-from lrpfx.ops.table import Contribution, relevance
+from lrpfx.ops.table import OPS, Contribution, OpKind, relevance
 from lrpfx.rules import PatternAttribution, PatternNet
 
-LAYERS = (F.conv1d, F.conv2d, F.conv3d, F.linear)
+# the conv and dense ops, as the table knows them (the layers stanza is loaded before this one)
+LAYERS = tuple(k for k, s in OPS.items() if s.kind in (OpKind.CONV, OpKind.DENSE))
 PATTERN_RULES = (PatternNet, PatternAttribution)
 
 

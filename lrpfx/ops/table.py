@@ -170,6 +170,12 @@ def spec(node: fx.Node, modules: dict[str, nn.Module]) -> OpSpec | None:
     return None if key is None else OPS.get(key)
 
 
+def kind_of(key: Any) -> OpKind | None:
+    """The family of the op ``key`` (a ``call_function`` target, method name or module class)."""
+    facts = OPS.get(key)
+    return None if facts is None else facts.kind
+
+
 def rules_of(key: OpKey) -> tuple[type[Rule], ...]:
     """The rule classes ``key`` has rows for."""
     return tuple(cls for k, cls in ROWS if k == key and cls is not None)
