@@ -1,18 +1,26 @@
-"""What an explainer returns, checked after its program ran: no NaN or Inf out of finite inputs.
+"""What an explainer returns, checked after its program ran.
 
-``finite`` raises ``NonFiniteError`` naming the first node of the program that produced one,
-found by re-running the program node by node (only then, so a finite explanation costs two
-``isfinite`` reductions), with the explanation attached.
+- ``finite``: no NaN or Inf out of finite inputs. It raises ``NonFiniteError`` naming the first
+  node of the program that produced one, found by re-running the program node by node (only
+  then, so a finite explanation costs two ``isfinite`` reductions), with the explanation
+  attached.
+- ``vanished``: no input relevance that is exactly zero while the output relevance is not. It
+  warns (``VanishedRelevanceWarning``) naming the node of the program where the relevance first
+  became zero and how much it had shrunk on the way, found the same way (only then: a
+  non-vanished explanation costs one ``any`` reduction). The usual cause is a stabilizer ε
+  that swamps ``z`` where a model's values are tiny (random weights, a degenerate model).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import fx
 
-from lrpfx.errors import NonFiniteError
+from lrpfx import runtime as rt
+from lrpfx.errors import NonFiniteError, VanishedRelevanceWarning
 
 
 class _FirstNonFinite(fx.Interpreter):
@@ -97,3 +105,77 @@ def finite(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: A
         " The result is in this error's .explanation.",
         explanation, None if node is None else node.name, samples,
     )
+
+
+class _Magnitudes(fx.Interpreter):
+    """Runs the program; for every node computed from the output relevance, the largest
+    ``|value|`` over the given samples."""
+
+    def __init__(self, program: fx.GraphModule, samples: list[int], batch: int) -> None:
+        super().__init__(program)
+        self.samples, self.batch = samples, batch
+        self.relevant: set[fx.Node] = set()
+        self.largest: dict[fx.Node, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        seed = n.op == "call_function" and n.target is rt.output_relevance
+        if n.op != "output" and (seed or any(a in self.relevant for a in n.all_input_nodes)):
+            self.relevant.add(n)
+            if (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim()
+                    and value.shape[0] == self.batch):
+                self.largest[n] = float(value[self.samples].abs().max())
+        return value
+
+
+def _where_vanished(program: fx.GraphModule, args: tuple[Any, ...], samples: list[int],
+                    batch: int) -> tuple[fx.Node, float, float] | None:
+    """The first node whose value is zero while a relevance it reads is not, the largest
+    ``|R|`` at the output and just before that node."""
+    runner = _Magnitudes(program, samples, batch)
+    with torch.no_grad():
+        runner.run(*args)
+    seen = runner.largest
+    for node, size in seen.items():
+        before = [seen[a] for a in node.all_input_nodes if a in seen]
+        if size == 0.0 and any(b > 0.0 for b in before):
+            return node, next(iter(seen.values())), max(before)
+    return None
+
+
+_UNDERFLOW = ("It shrank on the way until it underflowed: the rules' epsilon/stabilizer swamps z "
+              "where the model's values are tiny (random weights, a degenerate model); try a "
+              "smaller epsilon, rules.Epsilon(..., scale='std'), or float64.")
+
+
+def vanished(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: Any,
+             output_relevance: Any) -> Any:
+    """Return ``explanation``; warn first when the relevance of a sample is exactly zero while
+    its output relevance is not (see the module docstring)."""
+    output, relevance = explanation[0], explanation[1]
+    zero = ~relevance.reshape(relevance.shape[0], -1).any(1)
+    if not bool(zero.any()):
+        return explanation
+    seed = rt.output_relevance(output, target, output_relevance)
+    zero &= seed.reshape(seed.shape[0], -1).any(1)
+    samples = [int(i) for i in zero.nonzero()[:, 0]]
+    if not samples:
+        return explanation
+    found = _where_vanished(program, (x, target, output_relevance), samples, x.shape[0])
+    where, hint = "", _UNDERFLOW
+    if found is not None:
+        node, start, last = found
+        where = (f": it first becomes zero at node {node.name!r} of the relevance program "
+                 f"(print(explainer.code)), from |R| = {last:.3g} before it and {start:.3g} at "
+                 "the output")
+        if node.target is rt.top_k:
+            hint = "The relevance filter (filters.TopK) kept only zero entries there."
+        elif last > start * 1e-12:
+            hint = ("Nothing there passes it on: no unit is active for the sample, or the "
+                    "weights or patterns of that layer are zero.")
+    warnings.warn(
+        f"the relevance of sample(s) {samples} vanished (it is exactly zero at the input, the "
+        f"output relevance is not){where}. {hint}",
+        VanishedRelevanceWarning, stacklevel=5,  # the caller of explainer(x)
+    )
+    return explanation

@@ -57,3 +57,8 @@ class StaleExplainerError(LrpfxError):
 
 class RegistrationError(LrpfxError):
     """An op or a relevance row was registered twice, or a row before its op's declaration."""
+
+
+class VanishedRelevanceWarning(UserWarning):
+    """The input relevance of a sample is exactly zero while its output relevance is not: it
+    vanished on the way (the message names the node of the program where)."""

@@ -90,7 +90,9 @@ class Explainer(nn.Module):
                                  output_relevance)  # or a named error
         with torch.no_grad():
             result = self._runner()(x, target, output_relevance)
-        return diagnose.finite(self.program, Explanation(*result), x, target, output_relevance)
+        explanation = Explanation(*result)
+        diagnose.finite(self.program, explanation, x, target, output_relevance)
+        return diagnose.vanished(self.program, explanation, x, target, output_relevance)
 
     def _runner(self) -> Callable[..., Any]:
         """The program, or its ``torch.compile`` form. Inductor's freezing folds the program's

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from torch import fx
 
 from lrpfx import meta
+from lrpfx.ops import table
 
 RecordSpec = bool | Sequence[str] | None
 
@@ -24,8 +25,9 @@ def recordable(gm: fx.GraphModule, aliases: bool = False) -> dict[str, fx.Node]:
     names: dict[str, fx.Node] = {}
     folded: dict[str, fx.Node] = {}
     for node in gm.graph.nodes:
-        if not node.meta.get(meta.CONE) or node.op == "placeholder":
-            continue
+        facts = table.OPS.get(node.target) if node.op == "call_function" else None
+        if not node.meta.get(meta.CONE) or node.op == "placeholder" or facts and facts.pieces:
+            continue  # a tuple of pieces is recorded piece by piece (its getitem nodes)
         base = node.meta.get(meta.PATH) or node.name
         name, k = base, 1
         while name in names:

@@ -134,6 +134,14 @@ def small_net() -> nn.Sequential:
     return net.eval()
 
 
+def lively(net: nn.Sequential) -> nn.Sequential:
+    """``net`` with logits shifted up, so the explained (argmax) unit is active on the data its
+    positive patterns are fitted on; otherwise its pattern is zero and every relevance too."""
+    with torch.no_grad():
+        net[-1].bias.add_(2.0)
+    return net
+
+
 def folded_first_conv(net: nn.Sequential) -> nn.Conv2d:
     conv, bn = net[0], net[1]
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -280,7 +288,7 @@ def swapped_backward(layer: nn.Module, x: torch.Tensor, matrix: torch.Tensor) ->
 
 @pytest.mark.parametrize("rule", ["patternnet", "patternattribution"])
 def test_pattern_rules_on_a_network_equal_the_gradient_with_swapped_weights(rule):
-    net, x = small_net(), torch.randn(30, 2, 8, 8)
+    net, x = lively(small_net()), torch.randn(30, 2, 8, 8)
     patterns = fit(net, batches(x, 8), "positive", progress=False)
     layers = {"0": folded_first_conv(net), "4": net[4], "7": net[7], "9": net[9]}
     matrix = {k: patterns[k] if rule == "patternnet" else layer.weight.detach() * patterns[k]
@@ -293,17 +301,20 @@ def test_pattern_rules_on_a_network_equal_the_gradient_with_swapped_weights(rule
     logit = logits.gather(1, logits.argmax(1, keepdim=True))
     (grad,) = torch.autograd.grad(logit.sum(), inputs)
     explainer = lrpfx.compile(net, composites.resolve(rule, patterns=patterns), maxpool="wta")
-    close(explainer(x[:4]).relevance, logit.detach()[:, :, None, None] * grad)
+    relevance = explainer(x[:4]).relevance
+    assert relevance.flatten(1).any(1).all()  # not two zeros compared
+    close(relevance, logit.detach()[:, :, None, None] * grad)
 
 
 def test_names_rules_and_composites_give_the_same_program():
-    net, x = small_net(), torch.randn(20, 2, 8, 8)
+    net, x = lively(small_net()), torch.randn(20, 2, 8, 8)
     patterns = fit(net, batches(x, 10), "positive", progress=False)
     ways = [composites.PatternAttribution(patterns), rules.PatternAttribution(patterns),
             composites.resolve("patternattribution", patterns=patterns)]
     results = [lrpfx.compile(net, w, maxpool="wta")(x[:3]).relevance for w in ways]
     results.append(lrpfx.compile(net, "patternattribution", maxpool="wta",
                                  patterns=patterns)(x[:3]).relevance)
+    assert results[0].flatten(1).any(1).all()  # not zeros compared
     for r in results[1:]:
         torch.testing.assert_close(r, results[0], rtol=0, atol=0)
     explainer = lrpfx.compile(net, ways[0], maxpool="wta")

@@ -55,10 +55,24 @@ def _conv(m: nn.modules.conv._ConvNd) -> Converted:
                      tuple(padding), tuple(m.dilation), m.groups))
 
 
+def _conv_call(n: int) -> Callable[..., Converted]:
+    """``F.conv{n}d`` in any spelling (positional, keywords, ints or tuples) in canonical form."""
+    fn, tup = (F.conv1d, F.conv2d, F.conv3d)[n - 1], _ntuple(n)
+
+    def bind(weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+             groups: int = 1) -> Converted:
+        if isinstance(padding, str):
+            return Unsupported(f"{fn.__name__} with padding={padding!r}: give the padding as "
+                               "numbers (or use the nn.Conv module, whose padding is resolved)")
+        return Call(fn, (weight, bias, tup(stride), tup(padding), tup(dilation), groups))
+
+    return bind
+
+
 defop(F.conv1d, F.conv2d, F.conv3d, kind=OpKind.CONV)
-spell(F.conv1d, modules={nn.Conv1d: _conv})
-spell(F.conv2d, modules={nn.Conv2d: _conv})
-spell(F.conv3d, modules={nn.Conv3d: _conv})
+spell(F.conv1d, bind=_conv_call(1), modules={nn.Conv1d: _conv})
+spell(F.conv2d, bind=_conv_call(2), modules={nn.Conv2d: _conv})
+spell(F.conv3d, bind=_conv_call(3), modules={nn.Conv3d: _conv})
 relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(LinearOp(
     forward=lambda b, n, x, w, bias: b.call(n.target, x, w, bias, *_rest(b, n, 3),
                                             name=f"z_{b.name(n)}"),
@@ -69,7 +83,8 @@ relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(LinearOp(
 
 # -- dense: linear(x, w, b) ------------------------------------------------------------------------
 defop(F.linear, kind=OpKind.DENSE)
-spell(F.linear, modules={nn.Linear: lambda m: (Param("weight", m.weight), Param("bias", m.bias))})
+spell(F.linear, modules={nn.Linear: lambda m: (Param("weight", m.weight), Param("bias", m.bias))},
+      bind=lambda weight, bias=None: Call(F.linear, (weight, bias)))
 relevance(F.linear, rule=LAYER_RULES)(linear_rule(LinearOp(
     forward=lambda b, n, x, w, bias: b.call(F.linear, x, w, bias, name=f"z_{b.name(n)}"),
     transpose=lambda b, n, s, w: b.call(rt.linear_transpose, s, w, name=f"c_{b.name(n)}"),

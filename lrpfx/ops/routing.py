@@ -46,9 +46,11 @@ defop(torch.reshape, torch.flatten, torch.unflatten, kind=RESHAPE, routes=True, 
 defop(torch.unsqueeze, torch.squeeze, kind=RESHAPE, routes=True)
 defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.getitem,
       kind=ROUTING, routes=True)
-defop(torch.cat, torch.stack, torch.chunk, torch.split, torch.unbind, torch.narrow, torch.select,
-      F.pad, kind=ROUTING)
+defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, kind=ROUTING)
+defop(torch.chunk, torch.split, torch.unbind, kind=ROUTING, pieces=True)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
+defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new_zeros",
+      "new_ones", "new_empty", "new_full", kind=OpKind.SHAPE, constant=True)
 
 
 def _dims(args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -73,6 +73,10 @@ class OpSpec:
         routes: it moves the values of its first input without changing them (a gate stays a
             gate through it).
         shape_query: its result is a size, a rank or a dtype, never a tensor.
+        constant: its value depends on its inputs' shapes, dtypes and devices only, never on
+            their values (``zeros_like``, ``x.new_ones``): it carries no relevance.
+        pieces: its result is a tuple of tensors (chunk, split, unbind); relevance reaches its
+            input through the ``getitem`` of each piece.
         rule_when: which of its nodes take a rule (default: every node, when the op has rows
             for rule classes).
         forward: emits the node's forward when the backward needs more than its output.
@@ -84,6 +88,8 @@ class OpSpec:
     gate: bool = False
     routes: bool = False
     shape_query: bool = False
+    constant: bool = False
+    pieces: bool = False
     rule_when: Callable[[fx.Node], bool] | None = None
     forward: Forward | None = None
 
