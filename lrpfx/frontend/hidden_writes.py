@@ -10,8 +10,11 @@ on the graph as traced (eager semantics: before ``normalize``) and raises one
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +56,23 @@ def _writes(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     name = getattr(node.target, "__name__", "")
     if node.target in AUGMENTED.values() or (name.endswith("_") and not name.endswith("__")):
         return True
+    signature = _signature(node.target)
+    if signature is None or "inplace" not in signature.parameters:
+        return node.kwargs.get("inplace") is True
     try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-    except (TypeError, ValueError):  # builtins without a signature, unusual calls
+        bound = signature.bind(*node.args, **node.kwargs)
+    except TypeError:  # an unusual call: only an explicit keyword says
         return node.kwargs.get("inplace") is True
     return bound.arguments.get("inplace") is True
+
+
+@functools.cache
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """``fn``'s signature, once per function (None for builtins without one)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
 
 
 def _aliases(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
