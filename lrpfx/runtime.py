@@ -224,6 +224,26 @@ def repeat_channels(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.expand_as(x).contiguous()
 
 
+@kernel(fresh=True)
+def matmul_lhs_transpose(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``(·) @ b`` applied to ``s``: ``s @ bᵀ`` (last two dimensions)."""
+    _matrices(s, b)
+    return torch.matmul(s, b.transpose(-1, -2))
+
+
+@kernel(fresh=True)
+def matmul_rhs_transpose(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``a @ (·)`` applied to ``s``: ``aᵀ @ s`` (last two dimensions)."""
+    _matrices(a, s)
+    return torch.matmul(a.transpose(-1, -2), s)
+
+
+def _matrices(*operands: torch.Tensor) -> None:
+    if any(t.dim() < 2 for t in operands):
+        raise ValueError("lrpfx explains matrix products of matrices (and batches of them); "
+                         "unsqueeze a vector operand of @ / torch.matmul into a matrix first")
+
+
 # -- reductions and broadcasting -----------------------------------------------------------------
 @kernel(fresh=False)
 def unbroadcast(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 def base_entries(stabilizer: float = 1e-6, ignore_bias: bool = False) -> list[Entry]:
     """Defaults shared by the presets: activations pass, pools, sums and means normalize, BN
     passes, products of a gate and a signal give all to the signal, LayerNorm takes the
-    LN-rule. ``ignore_bias`` drops the constants added in sums and LayerNorm biases."""
+    LN-rule, matrix products the ε-rule (halved between two computed operands: AttnLRP).
+    ``ignore_bias`` drops the constants added in sums and LayerNorm biases."""
     return [
         (Kind("activation"), Pass()),
         (Kind("add", "sum"), Norm(stabilizer, ignore_bias)),
@@ -45,6 +46,7 @@ def base_entries(stabilizer: float = 1e-6, ignore_bias: bool = False) -> list[En
         (Kind("batchnorm"), Pass()),
         (Kind("mul"), Gating()),
         (Kind("layernorm"), LNRule(stabilizer, ignore_bias)),
+        (Kind("matmul"), Epsilon(stabilizer)),
     ]
 
 

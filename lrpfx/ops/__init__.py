@@ -1,8 +1,18 @@
 """Relevance implementations of the canonical ops: the op table and its stanzas, one file per
 op family (each declares its ops' facts with ``defop`` and their rows with ``relevance``)."""
 
-from lrpfx.ops import activations, arithmetic, layernorm, layers, maxpool, patterns, routing
+from lrpfx.ops import (
+    activations,
+    arithmetic,
+    bilinear,
+    layernorm,
+    layers,
+    maxpool,
+    patterns,
+    routing,
+)
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
-__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "defop", "layernorm",
-           "layers", "maxpool", "patterns", "register", "relevance", "routing", "spell"]
+__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "bilinear", "defop",
+           "layernorm", "layers", "maxpool", "patterns", "register", "relevance", "routing",
+           "spell"]

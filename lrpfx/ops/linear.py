@@ -149,7 +149,7 @@ def _z(b: Builder, op: LinearOp, node: fx.Node, terms: list[Term],
     return _signed_sum(b, parts, f"z_{b.name(node)}", full), any(full)
 
 
-def _stabilizer(b: Builder, rule: Rule, z: fx.Node, tag: str) -> float | fx.Node:
+def stabilizer(b: Builder, rule: Rule, z: fx.Node, tag: str) -> float | fx.Node:
     """The ε of the denominator: the rule's constant, or one scaled by the std of ``z``."""
     if isinstance(rule, Epsilon) and rule.scale == "std":
         return b.call(rt.std_epsilon, z, rule.epsilon, name=f"eps_{tag}")
@@ -174,7 +174,7 @@ def _group(
     if plain and shortcuts.flat_convolution(b, node, terms):
         return [("ones", 1.0, shortcuts.flat_conv(b, node, rel, rule.stabilizer))]
     z, full = _z(b, op, node, terms, inputs)
-    epsilon = _stabilizer(b, rule, z, tag)
+    epsilon = stabilizer(b, rule, z, tag)
     if shortcuts.nonnegative(terms, nonneg, op.weight is not None, _biased(op, node)):
         z = like(b.call(operator.add, z, epsilon, name=f"z_{tag}"), 0)  # z >= 0: z + ε sign0(z)
     else:

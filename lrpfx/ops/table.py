@@ -53,6 +53,7 @@ class OpKind(str, Enum):
     SCALE = "scale"  # division by a constant, negation
     ACTIVATION = "activation"
     LAYERNORM = "layernorm"
+    MATMUL = "matmul"  # matrix products: A @ B
     ROUTING = "routing"  # cat, stack, indexing, permute, ...: relevance moved, not rescaled
     RESHAPE = "reshape"
     SHAPE = "shape"  # size queries and integer arithmetic: no relevance
