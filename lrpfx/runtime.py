@@ -244,6 +244,12 @@ def _matrices(*operands: torch.Tensor) -> None:
                          "unsqueeze a vector operand of @ / torch.matmul into a matrix first")
 
 
+@kernel(fresh=True)
+def softmax_taylor(r: torch.Tensor, x: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x ⊙ (r − s Σ_dim r)``: the softmax's deep-Taylor rule (``-inf`` inputs get 0)."""
+    return x.masked_fill(torch.isinf(x), 0.0) * (r - s * r.sum(dim, keepdim=True))
+
+
 # -- reductions and broadcasting -----------------------------------------------------------------
 @kernel(fresh=False)
 def unbroadcast(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

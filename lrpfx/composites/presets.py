@@ -40,7 +40,7 @@ def base_entries(stabilizer: float = 1e-6, ignore_bias: bool = False) -> list[En
     LN-rule, matrix products the ε-rule (halved between two computed operands: AttnLRP).
     ``ignore_bias`` drops the constants added in sums and LayerNorm biases."""
     return [
-        (Kind("activation"), Pass()),
+        (Kind("activation", "softmax"), Pass()),
         (Kind("add", "sum"), Norm(stabilizer, ignore_bias)),
         (Kind("avgpool", "maxpool"), Norm(stabilizer)),
         (Kind("batchnorm"), Pass()),

@@ -10,9 +10,10 @@ from lrpfx.ops import (
     maxpool,
     patterns,
     routing,
+    softmax,
 )
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
 __all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "bilinear", "defop",
            "layernorm", "layers", "maxpool", "patterns", "register", "relevance", "routing",
-           "spell"]
+           "softmax", "spell"]

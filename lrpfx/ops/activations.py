@@ -8,7 +8,6 @@ Identities: ``Pass``: ``R_in = R_out``. ``Gradient``: ``R_in = f'(x) ⊙ R_out``
 from __future__ import annotations
 
 import operator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +17,7 @@ from lrpfx.builder import Builder
 from lrpfx.ops.table import (
     Call,
     Contribution,
-    Converted,
     OpKind,
-    Unsupported,
     defop,
     relevance,
     spell,
@@ -31,15 +28,9 @@ ACTIVATION = OpKind.ACTIVATION
 PIECEWISE_LINEAR = (torch.relu, F.relu6, F.hardtanh, F.leaky_relu)
 
 defop(torch.relu, F.relu6, F.softplus, kind=ACTIVATION, nonneg=True)
-defop(torch.sigmoid, F.hardsigmoid, F.softmax, kind=ACTIVATION, nonneg=True, gate=True)
+defop(torch.sigmoid, F.hardsigmoid, kind=ACTIVATION, nonneg=True, gate=True)
 defop(F.hardtanh, torch.tanh, F.silu, F.gelu, F.elu, F.selu, F.celu, F.leaky_relu, F.hardswish,
       F.mish, F.logsigmoid, F.softsign, F.tanhshrink, kind=ACTIVATION)
-
-
-def _softmax(dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Converted:
-    if dim is None or dtype is not None:
-        return Unsupported("softmax needs an explicit dim and no dtype")
-    return Call(F.softmax, (dim,))
 
 
 spell(torch.relu, F.relu, "relu", in_place=(torch.relu_, F.relu_, "relu_"),
@@ -63,15 +54,13 @@ spell(F.mish, modules={nn.Mish: None})
 spell(F.logsigmoid, modules={nn.LogSigmoid: None})
 spell(F.softsign, modules={nn.Softsign: None})
 spell(F.tanhshrink, modules={nn.Tanhshrink: None})
-spell(F.softmax, torch.softmax, torch.special.softmax, "softmax",
-      modules={nn.Softmax: lambda m: _softmax(m.dim)}, bind=_softmax)
 
 
-@relevance(*PIECEWISE_LINEAR, torch.sigmoid, F.hardsigmoid, F.softmax, F.softplus, torch.tanh,
+@relevance(*PIECEWISE_LINEAR, torch.sigmoid, F.hardsigmoid, F.softplus, torch.tanh,
            F.silu, F.gelu, F.elu, F.selu, F.celu, F.hardswish, F.mish, F.logsigmoid, F.softsign,
            F.tanhshrink, rule=Pass)
 def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> list[Contribution]:
-    """Pass: ``R_in = R_out`` (a softmax inside the network too, e.g. a gate)."""
+    """Pass: ``R_in = R_out``."""
     return [(node.args[0], rel)]  # type: ignore[list-item]
 
 

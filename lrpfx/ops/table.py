@@ -54,6 +54,7 @@ class OpKind(str, Enum):
     ACTIVATION = "activation"
     LAYERNORM = "layernorm"
     MATMUL = "matmul"  # matrix products: A @ B
+    SOFTMAX = "softmax"
     ROUTING = "routing"  # cat, stack, indexing, permute, ...: relevance moved, not rescaled
     RESHAPE = "reshape"
     SHAPE = "shape"  # size queries and integer arithmetic: no relevance

@@ -27,7 +27,7 @@ from lrpfx.rules.base import (
     gamma_mod,
 )
 from lrpfx.rules.linear import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
-from lrpfx.rules.ops import Gating, Gradient, LNRule, Pass
+from lrpfx.rules.ops import Gating, Gradient, LNRule, Pass, SoftmaxTaylor, Stop
 from lrpfx.rules.patterns import PatternAttribution, PatternNet
 
 __all__ = [
@@ -51,6 +51,8 @@ __all__ = [
     "PatternNet",
     "Rule",
     "SQUARE",
+    "SoftmaxTaylor",
+    "Stop",
     "Term",
     "WSquare",
     "ZBox",

@@ -1,4 +1,4 @@
-"""The rules of the other ops: activations, LayerNorm, products of two tensors."""
+"""The rules of the other ops: activations, softmax, LayerNorm, products of two tensors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,24 @@ from lrpfx.rules.base import Rule
 @dataclass(frozen=True)
 class Pass(Rule):
     """Relevance passes unchanged (elementwise activations, unfolded BatchNorm)."""
+
+
+@dataclass(frozen=True)
+class Stop(Rule):
+    """No relevance passes: the input gets none. CP-LRP (Ali et al. 2022) treats the attention
+    weights as constants, so a softmax over attention scores takes ``Stop`` and the relevance
+    flows through the values alone."""
+
+
+@dataclass(frozen=True)
+class SoftmaxTaylor(Rule):
+    """Softmax by deep Taylor decomposition with bias (AttnLRP, Achtibat et al. 2024,
+    Prop. 3.1): for ``s = softmax(x)`` along its dimension,
+
+        R_x = x ⊙ (R − s Σ R),
+
+    which is ``x ⊙ Jᵀ(R / s)`` with ``J`` the softmax Jacobian (``-inf`` inputs, masks, get
+    none). Not conservative: the bias term takes or gives relevance."""
 
 
 @dataclass(frozen=True)
