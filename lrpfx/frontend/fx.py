@@ -29,6 +29,7 @@ from torch import fx, nn
 
 from lrpfx.diagnostics import user_frame
 from lrpfx.errors import TraceError
+from lrpfx.frontend.decompositions import DECOMPOSITIONS, decompose
 from lrpfx.frontend.hidden_writes import AUGMENTED, refuse_hidden_writes
 from lrpfx.ops.table import OPS
 
@@ -97,6 +98,8 @@ class Tracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
         try:
+            if type(m) in DECOMPOSITIONS and not self.user_leaf(m, self.path_of_module(m)):
+                return decompose(self, m, args, kwargs)  # the canonical ops it computes
             return super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_in is None:  # the innermost module sees the error first
