@@ -105,3 +105,69 @@ def test_torchvision_vit_compiles_and_explains():
     assert torch.isfinite(out.relevance).all() and out.relevance.flatten(1).any(1).all()
     assert "encoder.layers.encoder_layer_11.self_attention.out_proj" in {
         n.meta.get("lrpfx.path") for n in explainer.graph_module.graph.nodes}
+
+
+def _layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm with its standard deviation held constant (the LN-rule in the gradient frame)."""
+    mean = x.mean(-1, keepdim=True)
+    sigma = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + m.eps).detach()
+    return (x - mean) / sigma * m.weight + m.bias
+
+
+def _identity_rule(f, x: torch.Tensor) -> torch.Tensor:
+    """``f(x)`` forward, gradient ``f(x) / x``: relevance passes an elementwise activation."""
+    y = f(x)
+    return x * (y / x).detach()
+
+
+def _halved(product: torch.Tensor) -> torch.Tensor:
+    return 0.5 * product + 0.5 * product.detach()
+
+
+def _attention(m: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    e, h = m.embed_dim, m.num_heads
+    q, k, v = (F.linear(x, m.in_proj_weight[i * e:(i + 1) * e],
+                        m.in_proj_bias[i * e:(i + 1) * e]) for i in range(3))
+    q, k, v = (t.reshape(t.shape[0], t.shape[1], h, e // h).transpose(1, 2) for t in (q, k, v))
+    scores = _halved(q @ k.transpose(-2, -1)) / (e // h) ** 0.5
+    mixed = _halved(F.softmax(scores, -1) @ v)
+    return m.out_proj(mixed.transpose(1, 2).reshape(x.shape[0], x.shape[1], e))
+
+
+def vit_input_times_modified_gradient(model, x: torch.Tensor, target: int) -> torch.Tensor:
+    """AttnLRP on torchvision's VisionTransformer in the gradient frame, written from the
+    model's tensors: plain gradients through the linear maps, the softmax, the sums and the
+    class-token routing; the standard deviation of each LayerNorm held constant; the identity
+    rule through GELU; halved after each product of two computed tensors."""
+    x = x.clone().requires_grad_(True)
+    h = model.conv_proj(x).flatten(2).transpose(1, 2)
+    h = torch.cat([model.class_token.expand(h.shape[0], -1, -1), h], 1)
+    h = h + model.encoder.pos_embedding
+    for layer in model.encoder.layers:
+        h = h + _attention(layer.self_attention, _layer_norm(layer.ln_1, h))
+        mlp = layer.mlp
+        h = h + mlp[3](_identity_rule(mlp[1], mlp[0](_layer_norm(layer.ln_2, h))))
+    out = model.heads(_layer_norm(model.encoder.ln, h)[:, 0])
+    (grad,) = torch.autograd.grad(out[:, target].sum(), x)
+    return (x * grad).detach()
+
+
+def test_vit_with_attnlrp_rules_equals_input_times_modified_gradient():
+    """A small torchvision VisionTransformer (two layers, two heads), float64, ε → 0: lrpfx's
+    relevance equals the independent gradient-frame reference."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=3).double().eval()
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    for p in (model.class_token, model.encoder.pos_embedding):
+        nn.init.normal_(p, std=0.5)
+    attn_lrp = {**ATTN_LRP, composites.Kind("conv", "dense", "matmul"): rules.Epsilon(EPS),
+                composites.Kind("add"): rules.Norm(EPS),
+                composites.Kind("layernorm"): rules.LNRule(EPS),
+                composites.Kind("activation"): rules.Pass()}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    got = lrpfx.compile(model, attn_lrp)(x, target=2).relevance
+    expected = vit_input_times_modified_gradient(model, x, 2)
+    assert expected.flatten(1).abs().amax(1).min() > 1e-3  # not zeros compared
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-8 * expected.abs().max().item())
