@@ -171,3 +171,26 @@ def test_vit_with_attnlrp_rules_equals_input_times_modified_gradient():
     expected = vit_input_times_modified_gradient(model, x, 2)
     assert expected.flatten(1).abs().amax(1).min() > 1e-3  # not zeros compared
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-8 * expected.abs().max().item())
+
+
+def test_the_attn_lrp_preset_is_those_rules_and_cp_lrp_stops_at_the_softmax():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=3).double().eval()
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    expected = vit_input_times_modified_gradient(model, x, 0)
+    for preset in (composites.AttnLRP(epsilon=EPS), "attn-lrp"):
+        explainer = lrpfx.compile(model, preset)
+        got = explainer(x, target=0).relevance
+        if preset != "attn-lrp":  # the named preset has ε = 1e-6: close, not equal
+            torch.testing.assert_close(got, expected, rtol=1e-8,
+                                       atol=1e-8 * expected.abs().max().item())
+        assert "softmax_taylor" in explainer.code
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    cp = lrpfx.compile(model, "cp-lrp", record=[f"{attention}.q_proj", f"{attention}.v_proj"])
+    out = cp(x, target=0)
+    assert "softmax_taylor" not in cp.code and torch.isfinite(out.relevance).all()
+    assert not out.layers[f"{attention}.q_proj"].any()  # the scores get nothing
+    assert out.layers[f"{attention}.v_proj"].flatten(1).any(1).all()  # the values take it

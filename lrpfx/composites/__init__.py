@@ -22,8 +22,10 @@ from lrpfx.composites.matchers import (
     as_matcher,
 )
 from lrpfx.composites.presets import (
+    CPLRP,
     FITTED,
     PRESETS,
+    AttnLRP,
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
     EpsilonGammaBox,
@@ -38,8 +40,9 @@ from lrpfx.composites.presets import (
 )
 
 __all__ = [
-    "FITTED", "LAYER_KINDS", "PRESETS", "Composite", "Context", "Entry", "EpsilonAlpha2Beta1",
-    "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "EpsilonOnly", "EpsilonPlus", "EpsilonPlusFlat",
-    "First", "Key", "Kind", "Matcher", "Name", "PatternAttribution", "PatternNet", "Position",
-    "Spec", "Type", "UserRules", "as_matcher", "base_entries", "resolve",
+    "CPLRP", "FITTED", "LAYER_KINDS", "PRESETS", "AttnLRP", "Composite", "Context", "Entry",
+    "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "EpsilonOnly",
+    "EpsilonPlus", "EpsilonPlusFlat", "First", "Key", "Kind", "Matcher", "Name",
+    "PatternAttribution", "PatternNet", "Position", "Spec", "Type", "UserRules", "as_matcher",
+    "base_entries", "resolve",
 ]

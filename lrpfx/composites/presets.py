@@ -24,6 +24,8 @@ from lrpfx.rules import (
     Norm,
     Pass,
     Rule,
+    SoftmaxTaylor,
+    Stop,
     ZBox,
     ZPlus,
 )
@@ -169,9 +171,41 @@ class PatternAttribution(PatternNet):
     rule = PatternAttributionRule
 
 
+class AttnLRP(Composite):
+    """AttnLRP (Achtibat et al., ICML 2024): ε on convolutions, dense layers and matrix products
+    (halved between two computed operands, Prop. 3.3), the softmax by deep Taylor with bias
+    (Prop. 3.1), LayerNorm with its standard deviation held constant, products of two tensors
+    shared uniformly (Prop. 3.2), activations passing relevance (the identity rule)."""
+
+    name = "attn-lrp"
+
+    def __init__(self, epsilon: float = 1e-6, rules: UserRules = None) -> None:
+        super().__init__(rules, [
+            (Kind("softmax"), SoftmaxTaylor()),
+            (Kind("mul"), Gating("uniform")),
+            *base_entries(epsilon),
+            (Kind("conv", "dense", "matmul"), Epsilon(epsilon)),
+        ])
+
+
+class CPLRP(Composite):
+    """CP-LRP (Ali et al., ICML 2022, "XAI for Transformers"): the attention weights are held
+    constant (``Stop`` on the softmax: relevance flows through the values only), LayerNorm by
+    the LN-rule, a gate's product gives all to the signal, ε elsewhere."""
+
+    name = "cp-lrp"
+
+    def __init__(self, epsilon: float = 1e-6, rules: UserRules = None) -> None:
+        super().__init__(rules, [
+            (Kind("softmax"), Stop()),
+            *base_entries(epsilon),
+            (Kind("conv", "dense", "matmul"), Epsilon(epsilon)),
+        ])
+
+
 PRESETS: dict[str, type[Composite]] = {
     c.name: c for c in (EpsilonPlus, EpsilonPlusFlat, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
-                        EpsilonGammaBox, EpsilonOnly)
+                        EpsilonGammaBox, EpsilonOnly, AttnLRP, CPLRP)
 }
 # presets built from data: by name only with their patterns, resolve(name, patterns=...)
 FITTED: dict[str, type[Composite]] = {c.name: c for c in (PatternNet, PatternAttribution)}
