@@ -344,14 +344,6 @@ def split_transpose(r: torch.Tensor, x: torch.Tensor, sizes: int | list[int], di
 
 
 @kernel(fresh=False)
-def unbind_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, i: int) -> torch.Tensor:
-    """Slice ``i`` of ``torch.unbind(x, dim)`` back in place: zeros elsewhere."""
-    out = torch.zeros_like(x)
-    out.select(dim, i).copy_(r)
-    return out
-
-
-@kernel(fresh=False)
 def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, length: int
                      ) -> torch.Tensor:
     """The transpose of ``torch.narrow(x, dim, start, length)``."""
@@ -362,7 +354,8 @@ def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, len
 
 @kernel(fresh=False)
 def select_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
-    """The transpose of ``torch.select(x, dim, index)``."""
+    """The transpose of ``torch.select(x, dim, index)``, and of piece ``index`` of
+    ``torch.unbind(x, dim)``, which is the same slice."""
     out = torch.zeros_like(x)
     out.select(dim, index).copy_(r)
     return out

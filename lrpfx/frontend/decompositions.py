@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
@@ -93,6 +92,4 @@ def multi_head_attention(
 def decompose(tracer: fx.Tracer, m: nn.Module, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Any:
     """Run the decomposition of ``m`` on symbolic ``args``."""
-    path = tracer.path_of_module(m)
-    with torch.no_grad():
-        return DECOMPOSITIONS[type(m)](tracer, m, path, *args, **kwargs)
+    return DECOMPOSITIONS[type(m)](tracer, m, tracer.path_of_module(m), *args, **kwargs)

@@ -38,7 +38,7 @@ from lrpfx.ops.table import (
 
 _PIECES: dict[Any, Callable[..., torch.Tensor]] = {
     torch.chunk: rt.chunk_transpose, torch.split: rt.split_transpose,
-    torch.unbind: rt.unbind_transpose,
+    torch.unbind: rt.select_transpose,  # piece i of unbind(x, d) is select(x, d, i)
 }
 
 ROUTING, RESHAPE = OpKind.ROUTING, OpKind.RESHAPE
