@@ -238,6 +238,42 @@ def matmul_rhs_transpose(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.transpose(-1, -2), s)
 
 
+def _einsum_terms(equation: str, *operands: torch.Tensor) -> tuple[list[str], str]:
+    """The terms of a two-operand ``einsum`` equation with explicit output and one letter per
+    dimension (``...`` spelled out in unused letters, right-aligned as broadcasting aligns)."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, out = equation.partition("->")
+    terms = inputs.split(",")
+    if not arrow:  # implicit output: the letters used once, in alphabetical order
+        letters = "".join(terms).replace(".", "")
+        out = ("..." if "..." in inputs else "") + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1))
+    free = iter(c for c in "ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgfedcba"
+                if c not in equation)
+    pairs = list(zip(terms, operands, strict=True))
+    spread = [t.dim() - len(term.replace("...", "")) for term, t in pairs]  # dims in each "..."
+    fill = "".join(next(free) for _ in range(max(spread, default=0)))
+    terms = [term.replace("...", fill[len(fill) - n:])
+             for term, n in zip(terms, spread, strict=True)]
+    return terms, out.replace("...", fill)
+
+
+@kernel(fresh=True)
+def einsum_transpose(s: torch.Tensor, equation: str, a: torch.Tensor, b: torch.Tensor,
+                     which: int) -> torch.Tensor:
+    """The transpose of ``einsum(equation, a, b)`` in operand ``which`` (0: ``a``, 1: ``b``)
+    applied to ``s``, shaped like that operand (no index repeated within one operand)."""
+    (ta, tb), out = _einsum_terms(equation, a, b)
+    target, other, operand = (ta, tb, a) if which == 0 else (tb, ta, b)
+    kept = "".join(c for c in target if c in out or c in other)
+    g = torch.einsum(f"{out},{other}->{kept}", s, b if which == 0 else a)
+    for i, c in enumerate(target):  # indices summed within the operand alone: broadcast back
+        if c not in kept:
+            g = g.unsqueeze(i)
+    g = g.sum_to_size([1 if n == 1 else m for m, n in zip(g.shape, operand.shape, strict=True)])
+    return g.expand_as(operand).contiguous()
+
+
 def _matrices(*operands: torch.Tensor) -> None:
     if any(t.dim() < 2 for t in operands):
         raise ValueError("lrpfx explains matrix products of matrices (and batches of them); "

@@ -133,3 +133,73 @@ def test_a_vector_operand_is_refused_when_the_program_runs():
 
     with pytest.raises(ValueError, match="unsqueeze a vector operand"):
         lrpfx.compile(Vector().eval(), LRP)(torch.randn(2, 3), output_relevance=torch.ones(2))
+
+
+class Einsum(Product):
+    """``A @ B`` of ``Product`` written as an einsum, in the spelling ``how``."""
+
+    def forward(self, x):
+        a = self.fa(x).view(-1, 2, 3)
+        b = self.fb(x).view(-1, 3, 4)
+        o = {"plain": lambda: torch.einsum("bij,bjk->bik", a, b),
+             "spaces": lambda: torch.einsum("b i j, b j k -> b i k", a, b),
+             "list": lambda: torch.einsum("bij,bjk->bik", [a, b]),
+             "ellipsis": lambda: torch.einsum("...ij,...jk->...ik", a, b)}[self.how]()
+        return self.head(o.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["plain", "spaces", "list", "ellipsis"])
+def test_an_einsum_is_the_matrix_product_it_writes(how):
+    torch.manual_seed(0)
+    reference = Product().double().eval()
+    model = Einsum(how).double().eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 5, dtype=torch.float64)
+    expected = lrpfx.compile(reference, LRP)(x, target=0)
+    got = lrpfx.compile(model, LRP)(x, target=0)
+    torch.testing.assert_close(got.output, expected.output, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.relevance, expected.relevance, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("ij,bjk->bki", [(3, 4), (2, 4, 5)]),  # a broadcast operand, an output permuted
+    ("bi,bj->bij", [(2, 3), (2, 4)]),  # an outer product
+    ("bij,bkj->b", [(2, 3, 4), (2, 5, 4)]),  # i and k summed within one operand each
+    ("...ij,...jk->...ik", [(1, 3, 4), (2, 1, 4, 5)]),  # ellipses of two ranks, broadcast
+    ("ij,jk", [(3, 4), (4, 5)]),  # implicit output: the indices used once, in order
+    ("bhid,bhjd->bhij", [(2, 2, 3, 4), (2, 2, 5, 4)]),  # attention scores
+])
+def test_the_einsum_transpose_is_the_vector_jacobian_product(equation, shapes):
+    """``einsum_transpose(s, eq, a, b, i)`` is ``s`` pulled back onto operand ``i``: the
+    gradient of ``⟨s, einsum(eq, a, b)⟩`` by autograd."""
+    from lrpfx import runtime
+
+    torch.manual_seed(0)
+    a, b = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in shapes)
+    out = torch.einsum(equation, a, b)
+    s = torch.randn_like(out)
+    grads = torch.autograd.grad((out * s).sum(), (a, b))
+    for i, grad in enumerate(grads):
+        got = runtime.einsum_transpose(s, equation, a.detach(), b.detach(), i)
+        torch.testing.assert_close(got, grad, rtol=1e-12, atol=1e-12)
+
+
+class Contraction(nn.Module):
+    def __init__(self, equation: str) -> None:
+        super().__init__()
+        self.equation, self.fc = equation, nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.equation.count(",") == 2:
+            return torch.einsum(self.equation, h, h, h)
+        return torch.einsum(self.equation, h.view(-1, 2, 2), h)
+
+
+def test_an_einsum_of_three_operands_or_a_diagonal_is_refused_by_name():
+    x = torch.randn(3, 4)
+    with pytest.raises(lrpfx.UnsupportedOperationError, match="einsum of 3 operands"):
+        lrpfx.compile(Contraction("bi,bi,bi->bi").eval(), LRP)(x, target=0)
+    with pytest.raises(lrpfx.UnsupportedOperationError, match="repeats an index"):
+        lrpfx.compile(Contraction("bii,bj->bij").eval(), LRP)(x, target=0)

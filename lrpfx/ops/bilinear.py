@@ -1,9 +1,12 @@
-"""Matrix products ``O = A @ B`` (``@``, ``torch.matmul``, ``torch.bmm``), with the ε-rule.
+"""Products linear in each of two operands, with the ε-rule: matrix products ``O = A @ B``
+(``@``, ``torch.matmul``, ``torch.bmm``) and two-operand ``torch.einsum``.
 
 ``O`` is linear in each operand when the other is held fixed, so the ε-rule applies to each
 (``s = R / stabilize(O)``)::
 
     R_A = share · A ⊙ (s Bᵀ)        R_B = share · B ⊙ (Aᵀ s)
+
+(for ``einsum``, ``s Bᵀ`` is the einsum that maps ``s`` back onto ``A``'s indices).
 
 - One operand computed from the input, the other a constant (``x @ W``): ``share = 1``, the
   ε-rule of the linear map ``x ↦ x W``, as for ``F.linear``.
@@ -12,13 +15,15 @@
 - An operand that comes (maybe re-indexed) from a node whose rule is ``Stop`` (CP-LRP's
   softmax) counts as a constant: the other operand takes all the relevance.
 
-Broadcast batch dimensions sum their share back to the operand's shape; an operand of fewer
-than two dimensions is refused when the program runs (write it as a matrix).
+Broadcast batch dimensions sum their share back to the operand's shape; a ``matmul`` operand of
+fewer than two dimensions, and an ``einsum`` of other than two operands or with a diagonal
+(``"ii,i->i"``), are refused.
 """
 
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 from torch import fx
@@ -29,17 +34,23 @@ from lrpfx.builder import Builder
 from lrpfx.ops.linear import stabilizer
 from lrpfx.ops.table import (
     OPS,
+    Call,
     Contribution,
     OpKind,
     carries,
     defop,
     relevance,
     spell,
+    unsupported,
 )
 from lrpfx.rules import Epsilon, Norm, Stop
 
 defop(operator.matmul, kind=OpKind.MATMUL)
 spell(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", in_place=(operator.imatmul,))
+defop(torch.einsum, kind=OpKind.MATMUL)
+spell(torch.einsum, bind=lambda *operands: Call(torch.einsum, (
+    tuple(operands[0]) if len(operands) == 1 and isinstance(operands[0], (list, tuple))
+    else operands)))
 
 
 def _receives(x: object) -> bool:
@@ -58,24 +69,49 @@ def _receives(x: object) -> bool:
     return True
 
 
-@relevance(operator.matmul, rule=(Epsilon, Norm))
-def _matmul(b: Builder, node: fx.Node, rel: fx.Node, rule: Epsilon | Norm
-            ) -> list[Contribution]:
+def _operands(node: fx.Node) -> tuple[Any, Any]:
+    """The two operands of a product node (``einsum``'s follow its equation)."""
+    operands = node.args[1:] if node.target is torch.einsum else node.args[:2]
+    if len(operands) != 2:
+        raise unsupported(node, f"einsum of {len(operands)} operands; lrpfx explains products "
+                          "of two (write it as a chain of two-operand einsums)")
+    if node.target is torch.einsum and _diagonal(str(node.args[0])):
+        raise unsupported(node, f"einsum {node.args[0]!r} repeats an index within one operand "
+                          "(a diagonal); take the diagonal with torch.diagonal first")
+    return operands[0], operands[1]
+
+
+def _diagonal(equation: str) -> bool:
+    """Whether an einsum equation repeats an index within one operand (``"ii,j->ij"``)."""
+    terms = equation.replace(" ", "").replace(".", "").split("->")[0].split(",")
+    return any(len(set(t)) < len(t) for t in terms)
+
+
+def _transpose(b: Builder, node: fx.Node, s: fx.Node, i: int) -> fx.Node:
+    """``s`` mapped back onto the indices of operand ``i``: ``s Bᵀ`` (0) or ``Aᵀ s`` (1)."""
+    a, other = _operands(node)
+    name = f"c_{b.name(node)}"
+    if node.target is torch.einsum:
+        return b.call(rt.einsum_transpose, s, node.args[0], b[a], b[other], i, name=name)
+    if i == 0:
+        return b.call(rt.matmul_lhs_transpose, s, b[other], name=name)
+    return b.call(rt.matmul_rhs_transpose, b[a], s, name=name)
+
+
+@relevance(operator.matmul, torch.einsum, rule=(Epsilon, Norm))
+def _product(b: Builder, node: fx.Node, rel: fx.Node, rule: Epsilon | Norm
+             ) -> list[Contribution]:
     """``A @ B``: the ε-rule on each operand that carries relevance, halved when both do."""
-    a, other = node.args[:2]
-    operands = [x for x in (a, other) if _receives(x)]
+    operands = _operands(node)
+    receiving = [x for x in operands if _receives(x)]
     tag = b.name(node)
     z = b.call(rt.stabilize, b[node], stabilizer(b, rule, b[node], tag), name=f"z_{tag}")
     s = b.call(operator.truediv, rel, z, name=f"s_{tag}")
-    if len(operands) == 2:
+    if len(receiving) == 2:
         s = b.call(operator.mul, s, 0.5, name=f"s_{tag}")  # the uniform share of each operand
     out = []
-    if _receives(a):
-        c = b.call(rt.matmul_lhs_transpose, s, b[other], name=f"c_{tag}")
-        r = b.call(operator.mul, b[a], c, name=f"r_{tag}")
-        out.append((a, b.call(rt.unbroadcast, r, b[a], name=f"r_{tag}")))
-    if _receives(other):
-        c = b.call(rt.matmul_rhs_transpose, b[a], s, name=f"c_{tag}")
-        r = b.call(operator.mul, b[other], c, name=f"r_{tag}")
-        out.append((other, b.call(rt.unbroadcast, r, b[other], name=f"r_{tag}")))
+    for i, x in enumerate(operands):
+        if x in receiving:
+            r = b.call(operator.mul, b[x], _transpose(b, node, s, i), name=f"r_{tag}")
+            out.append((x, b.call(rt.unbroadcast, r, b[x], name=f"r_{tag}")))
     return out  # type: ignore[return-value]

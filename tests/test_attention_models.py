@@ -1,0 +1,75 @@
+"""Attention models explained with AttnLRP's rules equal the independent gradient-frame reference
+(``tests/gradient_frame.py``: input × a modified gradient, by autograd on the eager model),
+float64, ε → 0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import lrpfx
+from lrpfx import composites
+from tests.gradient_frame import input_times_modified_gradient
+from tests.test_decompositions import vit_input_times_modified_gradient
+
+EPS = 1e-15
+
+
+def _random_biases(model: nn.Module, std: float = 0.1) -> nn.Module:
+    """Non-zero biases and embeddings, so that they are part of what is compared."""
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if name.endswith(("bias", "class_token", "pos_embedding", "head.weight")):
+            nn.init.normal_(p, std=std if "head" not in name else 0.5)
+    return model
+
+
+def _small_vit() -> nn.Module:
+    return _random_biases(torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=3).double().eval())
+
+
+def _small_maxvit() -> nn.Module:
+    return _random_biases(torchvision.models.MaxVit(
+        input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+        block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=3
+    ).double().eval())
+
+
+def _assert_equal_to_reference(model: nn.Module, x: torch.Tensor, target: int) -> None:
+    out = lrpfx.compile(model, composites.AttnLRP(epsilon=EPS))(x, target=target)
+    torch.testing.assert_close(out.output, model(x), rtol=1e-10, atol=1e-12)
+    expected = input_times_modified_gradient(model, x, target)
+    assert expected.flatten(1).abs().amax(1).min() > 0  # not zeros compared
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(out.relevance, expected, rtol=1e-8, atol=1e-8 * scale)
+
+
+def test_the_reference_is_the_one_written_for_vit_by_hand():
+    """The generic reference agrees with the ViT reference written out layer by layer."""
+    torch.manual_seed(0)
+    model = _small_vit()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(input_times_modified_gradient(model, x, 1),
+                               vit_input_times_modified_gradient(model, x, 1),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make", [_small_vit, _small_maxvit], ids=["vit", "maxvit"])
+def test_attn_lrp_equals_input_times_modified_gradient(make):
+    torch.manual_seed(0)
+    _assert_equal_to_reference(make(), torch.randn(2, 3, 32, 32, dtype=torch.float64), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, size", [("vit_b_16", 64), ("maxvit_t", 224)])
+def test_torchvision_attention_models_equal_the_reference(name, size):
+    """torchvision's own architectures, random weights, at the smallest input they take."""
+    torch.manual_seed(0)
+    kwargs = {"image_size": size} if name.startswith("vit") else {}
+    model = _random_biases(getattr(torchvision.models, name)(weights=None, **kwargs))
+    _assert_equal_to_reference(model.double().eval(),
+                               torch.randn(1, 3, size, size, dtype=torch.float64), 3)
