@@ -9,7 +9,7 @@ from torch import nn
 
 from lrpfx import codegen, composites, guard, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
-from lrpfx.frontend import LeafSpec, canonical, eval_mode
+from lrpfx.frontend import LeafSpec, canonical, eval_mode, static
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.program import PROGRAM_PASSES
@@ -27,6 +27,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     torch_compile: bool = False,
     leaf_modules: Sequence[LeafSpec] = (),
     concrete_args: dict[str, Any] | None = None,
+    example_inputs: Any = None,
     record: RecordSpec = None,
     strip_softmax: bool = False,
     patterns: Patterns | None = None,
@@ -44,6 +45,11 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
             tensors frozen in as constants; the first call compiles).
         leaf_modules: module classes or qualified names to keep whole when tracing.
         concrete_args: passed to ``torch.fx`` tracing, to specialize Python control flow.
+        example_inputs: an input (or a tuple of the model's arguments) to trace with static
+            shapes: control flow on shapes runs as in eager mode, functions wrapped with
+            ``torch.fx.wrap`` are traced through (Swin's ``shifted_window_attention``), tensors
+            made from shapes (masks) are computed at compile time. The explainer then takes
+            inputs of that shape only.
         record: also return layer relevances in ``Explanation.layers``: ``True`` for every
             node, or a list of module paths / node names (``["features.10", "features.20"]``);
             each is the relevance of that node's output (``lrpfx.record``). Compiled in: no
@@ -60,7 +66,9 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     """
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
     model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
-    gm = canonical(model, leaf_modules, concrete_args, warn_stacklevel=3)
+    examples = None if example_inputs is None else static.example_tuple(example_inputs)
+    gm = canonical(model, leaf_modules, concrete_args, example_inputs=examples,
+                   warn_stacklevel=3)
     gm = check_softmax(gm, strip_softmax)
     gm = passes.check(passes.annotate(passes.facts(passes.maxpool(gm, maxpool)), composite))
     program = codegen.generate(gm, select(gm, record))

@@ -124,10 +124,22 @@ def _check_x(program: fx.GraphModule, graph_module: fx.GraphModule, x: Any) -> N
         raise ValueError("x must be a batch with the batch dimension first, got a 0-d tensor")
     if x.shape[0] == 0:
         raise ValueError(f"x is an empty batch ({_describe(x)}); pass at least one sample")
+    _check_static_shape(graph_module, x)
     _check_first_layers(graph_module, x)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"x contains {_count_nonfinite(x)}; lrpfx does not explain non-finite "
                          "inputs: replace them first (torch.nan_to_num) or drop those samples")
+
+
+def _check_static_shape(graph_module: fx.GraphModule, x: torch.Tensor) -> None:
+    """An explainer compiled with ``example_inputs`` takes inputs of that shape only."""
+    for node in graph_module.graph.find_nodes(op="placeholder"):
+        shape = node.meta.get(meta.STATIC_SHAPE)
+        if shape is not None and tuple(x.shape) != shape:
+            raise ValueError(
+                f"this explainer was compiled with example_inputs of shape {shape}, and its "
+                f"shapes are static; x has shape {tuple(x.shape)}. Compile again with "
+                f"example_inputs of that shape (e.g. torch.zeros{tuple(x.shape)})")
 
 
 def _count_nonfinite(t: torch.Tensor) -> str:

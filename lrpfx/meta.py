@@ -13,6 +13,7 @@ ORIGIN = "lrpfx.origin"  # the spelling the node had before normalize ("nn.ReLU"
 FOLDED = "lrpfx.folded"  # qualified names of BatchNorms folded into this node
 MAXPOOL = "lrpfx.maxpool"  # "avg" or "wta"
 UNSUPPORTED = "lrpfx.unsupported"  # why a node was left as it was (normalize, maxpool)
+STATIC_SHAPE = "lrpfx.static_shape"  # on the input: the only shape it takes (example_inputs)
 STRIPPED = "lrpfx.stripped"  # on the logits node: the output (log-)softmax stripped after it
 # facts, written once by passes.facts
 KIND = "lrpfx.kind"  # the op family (ops.table.OpKind), None for ops not in the table

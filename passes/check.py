@@ -14,6 +14,7 @@ from torch import fx
 from lrpfx import meta
 from lrpfx.diagnostics import where as _where  # a node: spelling, module, source line
 from lrpfx.errors import UnsupportedOperationError
+from lrpfx.frontend import static
 from lrpfx.ops import table
 from lrpfx.ops.patterns import check_patterns
 
@@ -25,6 +26,15 @@ HINT = (
 )
 
 
+def _wrapped_hint(node: fx.Node) -> str:
+    """For a function wrapped with ``torch.fx.wrap``: how to trace through it."""
+    if node.op == "call_function" and static.wrapped(node.target):
+        return ("; it is a function wrapped with torch.fx.wrap (traced as one call): pass "
+                "example_inputs=<an input> to lrpfx.compile to trace through it with static "
+                "shapes")
+    return ""
+
+
 def _problem(node: fx.Node, modules: dict) -> str | None:
     key = table.op_key(node, modules)
     facts = table.OPS.get(key) if key is not None else None
@@ -32,7 +42,7 @@ def _problem(node: fx.Node, modules: dict) -> str | None:
     if reason and not (node.op == "call_module" and facts is not None):  # a registered module
         return reason
     if facts is None:
-        return NO_ROW
+        return NO_ROW + _wrapped_hint(node)
     rule = node.meta.get(meta.RULE)
     if not node.meta.get(meta.TAKES_RULE):
         return None if table.backward(node, modules, None) else NO_ROW

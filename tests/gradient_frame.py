@@ -7,7 +7,8 @@ computes relevance):
 - a product of two tensors that both depend on the input (``a * b``, ``a @ b``, ``bmm``,
   ``einsum``, and the two products inside ``scaled_dot_product_attention``): the gradient is
   halved (the uniform rule), ``½ y + ½ y.detach()``;
-- LayerNorm: its standard deviation is held constant;
+- LayerNorm: its standard deviation is held constant; RMSNorm and ``F.normalize``: their
+  normalizer is held constant;
 - a BatchNorm that cannot be folded into the convolution before it (there is none, or that
   convolution's output is read elsewhere too): the identity rule (a folded one is part of one
   affine map with its convolution: plain gradient);
@@ -44,6 +45,11 @@ def _computed(value: Any) -> bool:
 
 def _halved(y: Tensor) -> Tensor:
     return 0.5 * y + 0.5 * y.detach()
+
+
+def _identity(x: Tensor, y: Tensor) -> Tensor:
+    """``y = f(x)`` forward, gradient ``f(x) / x`` (0 where ``x = 0``): the identity rule."""
+    return x * torch.where(x == 0, 0.0, y / x).detach()
 
 
 def _layer_norm(x: Tensor, shape: Any, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -103,6 +109,9 @@ class ModifiedGradient(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.layer_norm:
             return _layer_norm(*args, **kwargs)
+        if func in (F.rms_norm, F.normalize):  # no centering: the normalizer held constant
+            y = func(*args, **kwargs)
+            return _identity(args[0], y) if _computed(args[0]) else y
         if func is F.scaled_dot_product_attention:
             return _attention(*args, **kwargs)
         if func is F.multi_head_attention_forward:
@@ -116,15 +125,14 @@ class ModifiedGradient(TorchFunctionMode):
             self.convolutions[id(y)] = len(self.keep)
             self.keep.append(y)
         if func is F.batch_norm and _computed(args[0]) and not self._folds(args[0]):
-            return args[0] * (y / args[0]).detach()  # the identity rule
+            return _identity(args[0], y)
         operands = args[1:] if func is torch.einsum else args
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
             operands = tuple(operands[0])
         if func in PRODUCTS and sum(map(_computed, operands)) >= 2:
             return _halved(y)
         if func in ACTIVATIONS and _computed(args[0]):
-            x = args[0]
-            return x * (y / x).detach()
+            return _identity(args[0], y)
         return y
 
     def _folds(self, x: Tensor) -> bool:

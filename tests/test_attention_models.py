@@ -39,8 +39,19 @@ def _small_maxvit() -> nn.Module:
     ).double().eval())
 
 
+def _small_swin(v2: bool = False) -> nn.Module:
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    version = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    return _random_biases(torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+        stochastic_depth_prob=0.0, num_classes=3, **version).double().eval())
+
+
 def _assert_equal_to_reference(model: nn.Module, x: torch.Tensor, target: int) -> None:
-    out = lrpfx.compile(model, composites.AttnLRP(epsilon=EPS))(x, target=target)
+    """Output and relevance; with static shapes (``example_inputs``), which Swin needs."""
+    explainer = lrpfx.compile(model, composites.AttnLRP(epsilon=EPS), example_inputs=x)
+    out = explainer(x, target=target)
     torch.testing.assert_close(out.output, model(x), rtol=1e-10, atol=1e-12)
     expected = input_times_modified_gradient(model, x, target)
     assert expected.flatten(1).abs().amax(1).min() > 0  # not zeros compared
@@ -58,14 +69,39 @@ def test_the_reference_is_the_one_written_for_vit_by_hand():
                                rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("make", [_small_vit, _small_maxvit], ids=["vit", "maxvit"])
+@pytest.mark.parametrize("make", [_small_vit, _small_maxvit, _small_swin,
+                                  lambda: _small_swin(v2=True)],
+                         ids=["vit", "maxvit", "swin", "swin-v2"])
 def test_attn_lrp_equals_input_times_modified_gradient(make):
+    """36 × 36 input, 4 × 4 patches, 4 × 4 windows: Swin pads 9 × 9 tokens to 12 × 12 and
+    shifts its windows (masks); the other models take 32 × 32."""
     torch.manual_seed(0)
-    _assert_equal_to_reference(make(), torch.randn(2, 3, 32, 32, dtype=torch.float64), 2)
+    size = 36 if make not in (_small_vit, _small_maxvit) else 32
+    _assert_equal_to_reference(make(), torch.randn(2, 3, size, size, dtype=torch.float64), 2)
+
+
+def test_swin_without_example_inputs_is_told_to_pass_them():
+    with pytest.raises(lrpfx.UnsupportedOperationError,
+                       match=r"shifted_window_attention.*wrapped with torch.fx.wrap.*"
+                             r"pass example_inputs="):
+        lrpfx.compile(_small_swin(), "attn-lrp")
+
+
+def test_static_shapes_refuse_another_shape_and_leave_the_model_as_it_was():
+    model = _small_swin()
+    attributes = dict(vars(model))
+    x = torch.randn(1, 3, 36, 36, dtype=torch.float64)
+    explainer = lrpfx.compile(model, "attn-lrp", example_inputs=x)
+    assert vars(model).keys() == attributes.keys()  # no traced constants left on the model
+    assert explainer(x, target=0).relevance.shape == x.shape
+    with pytest.raises(ValueError, match=r"example_inputs of shape \(1, 3, 36, 36\).*"
+                                         r"x has shape \(2, 3, 36, 36\)"):
+        explainer(torch.randn(2, 3, 36, 36, dtype=torch.float64), target=0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, size", [("vit_b_16", 64), ("maxvit_t", 224)])
+@pytest.mark.parametrize("name, size", [("vit_b_16", 64), ("maxvit_t", 224), ("swin_t", 64),
+                                        ("swin_v2_t", 64)])
 def test_torchvision_attention_models_equal_the_reference(name, size):
     """torchvision's own architectures, random weights, at the smallest input they take."""
     torch.manual_seed(0)

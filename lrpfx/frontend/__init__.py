@@ -64,6 +64,7 @@ def canonical(
     leaf_modules: Sequence[LeafSpec] = (),
     concrete_args: dict[str, Any] | None = None,
     *,
+    example_inputs: tuple[Any, ...] | None = None,
     training_warning: str = COMPILE_WARNING,
     warn_stacklevel: int = 2,
 ) -> fx.GraphModule:
@@ -73,12 +74,15 @@ def canonical(
         model: the model; only read. When any of its modules is in training mode, its copy in
             eval mode is traced instead, with ``training_warning`` (``eval_mode``).
         leaf_modules, concrete_args: as given to ``lrpfx.compile``.
+        example_inputs: the arguments of one call of ``model``: shapes become static
+            (``lrpfx.frontend.static``).
         training_warning: the warning's text, a format string with ``{name}`` and ``{which}``.
         warn_stacklevel: where warnings point, counted from ``canonical`` as ``warnings.warn``
             counts (2: the caller of ``canonical``).
     """
     model = eval_mode(model, training_warning, warn_stacklevel + 1)
-    gm = trace(model, concrete_args, leaf_modules, stacklevel=warn_stacklevel + 1)
+    gm = trace(model, concrete_args, leaf_modules, example_inputs=example_inputs,
+               stacklevel=warn_stacklevel + 1)
     for canonize in CANONIZE:
         gm = canonize(gm)
     return gm

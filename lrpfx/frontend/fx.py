@@ -25,10 +25,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import fx, nn
 
+from lrpfx import meta
 from lrpfx.diagnostics import user_frame
 from lrpfx.errors import TraceError
+from lrpfx.frontend import static
 from lrpfx.frontend.decompositions import DECOMPOSITIONS, decompose
 from lrpfx.frontend.hidden_writes import AUGMENTED, refuse_hidden_writes
 from lrpfx.ops.table import OPS
@@ -54,7 +57,41 @@ def _is_tensor(node: fx.Node) -> bool:
 
 
 class Proxy(fx.Proxy):
-    """An fx Proxy whose augmented assignments on tensors are in-place ops."""
+    """An fx Proxy whose augmented assignments on tensors are in-place ops, and whose shape is
+    a plain ``torch.Size`` when tracing with static shapes (``lrpfx.frontend.static``)."""
+
+    tracer: Tracer
+
+    def _example(self) -> torch.Tensor | None:
+        values = self.tracer.values
+        value = values.of.get(self.node) if values is not None else None
+        return value if isinstance(value, torch.Tensor) else None
+
+    @property
+    def shape(self) -> Any:  # type: ignore[override]
+        example = self._example()
+        return example.shape if example is not None else fx.Proxy.__getattr__(self, "shape")
+
+    @property
+    def ndim(self) -> Any:
+        example = self._example()
+        return example.ndim if example is not None else fx.Proxy.__getattr__(self, "ndim")
+
+    def size(self, *args: Any, **kwargs: Any) -> Any:
+        example = self._example()
+        if example is not None:
+            return example.size(*args, **kwargs)
+        return self.tracer.create_proxy("call_method", "size", (self, *args), kwargs)
+
+    def dim(self) -> Any:
+        example = self._example()
+        if example is not None:
+            return example.dim()
+        return self.tracer.create_proxy("call_method", "dim", (self,), {})
+
+    def __len__(self) -> int:
+        example = self._example()
+        return len(example) if example is not None else super().__len__()
 
 
 def _augmented(name: str, op: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,12 +115,51 @@ class Tracer(fx.Tracer):
     ``lrpfx.register``; it records the source line of every node and, when tracing fails, the
     innermost module being traced."""
 
-    def __init__(self, leaf_modules: Sequence[LeafSpec] = ()) -> None:
+    def __init__(self, leaf_modules: Sequence[LeafSpec] = (),
+                 example_inputs: tuple[Any, ...] | None = None) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types = tuple(s for s in leaf_modules if isinstance(s, type))
         self.leaf_names = {s for s in leaf_modules if isinstance(s, str)}
         self.failed_in: tuple[str, nn.Module] | None = None
+        self.example_inputs = example_inputs
+        self.values: static.Values | None = None  # with example inputs: each node's value
+        self.computing = False  # computing a value: nothing is traced
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.computing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        if self.example_inputs is None:
+            return super().trace(root, concrete_args)
+        self.values = static.Values(root, self.example_inputs)
+        with static.traced_through_wrapped_functions(), torch.no_grad():
+            graph = super().trace(root, concrete_args)
+        for node in graph.find_nodes(op="placeholder"):
+            value = self.values.of.get(node)
+            if isinstance(value, torch.Tensor):
+                node.meta[meta.STATIC_SHAPE] = tuple(value.shape)
+        self.values = None
+        return graph
+
+    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any], name: str | None = None, type_expr: Any = None,
+                     proxy_factory_fn: Any = None) -> Any:
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
+                                     proxy_factory_fn)
+        if self.values is None or kind == "output":
+            return proxy
+        self.computing = True  # the model's attributes and calls as they are, not traced
+        try:
+            value = self.values.compute(proxy.node)
+        finally:
+            self.computing = False
+        if self.values.constant(proxy.node):  # computed here, never from the input
+            self.graph.erase_node(proxy.node)
+            return value
+        return proxy
 
     def user_leaf(self, m: nn.Module, module_qualified_name: str) -> bool:
         """A leaf the user asked for: named in ``leaf_modules`` or registered."""
@@ -97,6 +173,8 @@ class Tracer(fx.Tracer):
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+        if self.computing:
+            return forward(*args, **kwargs)
         try:
             if type(m) in DECOMPOSITIONS and not self.user_leaf(m, self.path_of_module(m)):
                 return decompose(self, m, args, kwargs)  # the canonical ops it computes
@@ -115,9 +193,11 @@ def trace(
     concrete_args: dict[str, Any] | None = None,
     leaf_modules: Sequence[LeafSpec] = (),
     *,
+    example_inputs: tuple[Any, ...] | None = None,
     stacklevel: int = 3,
 ) -> fx.GraphModule:
-    """Trace ``model`` symbolically. The model is only read.
+    """Trace ``model`` symbolically. The model is only read. With ``example_inputs`` (the
+    arguments of one call), shapes are static: see ``lrpfx.frontend.static``.
 
     A warning about forward hooks of leaf modules goes to the frame ``stacklevel`` frames up
     from ``trace`` (as ``warnings.warn`` counts; the default: the caller of trace's caller).
@@ -127,7 +207,8 @@ def trace(
             message carries the fx error, where it happened and the fixes.
         UnsupportedOperationError: an in-place write would be seen through another name.
     """
-    tracer = Tracer(leaf_modules)
+    tracer = Tracer(leaf_modules, example_inputs)
+    attributes = set(vars(model))
     if tracer.is_leaf_module(model, ""):  # a bare nn layer: trace it as a one-layer network
         model = nn.Sequential(model)
     try:
@@ -139,6 +220,8 @@ def trace(
     refuse_hidden_writes(graph, modules)
     _warn_leaf_hooks(graph, modules, stacklevel + 1)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    for name in set(vars(model)) - attributes:  # fx keeps tensor constants on the model
+        delattr(model, name)
     for target in {str(n.target) for n in graph.nodes if n.op == "call_module"}:
         if tracer.user_leaf(modules[target], target):
             gm.set_submodule(target, _alias_copy(modules[target]))

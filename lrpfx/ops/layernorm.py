@@ -1,9 +1,14 @@
-"""LayerNorm with the LN-rule of Ali et al. 2022 (``rules.LNRule``): the normalizer is a constant.
+"""LayerNorm, RMSNorm and ``F.normalize`` with the LN-rule of Ali et al. 2022 (``rules.LNRule``):
+the normalizer is a constant.
 
 ``y = w ⊙ (x − mean(x)) / σ + b`` is then linear in ``x``; its transpose applied to
 ``s = R / stabilize(z)`` is ``t − mean(t)`` with ``t = w ⊙ s / σ`` (over the normalized
 dimensions), and ``R_in = x ⊙ (t − mean(t))``. ConvNeXt's channels-first ``LayerNorm2d`` is a
 permute, this op, and a permute back, all canonical.
+
+RMSNorm ``y = w ⊙ x / rms(x)`` and ``F.normalize`` ``y = x / ‖x‖`` do not center: with the
+normalizer constant they are diagonal maps, and the ε-rule on them is ``R_in = y ⊙ R /
+stabilize(y)``, the identity up to the stabilizer (AttnLRP's identity rule for RMSNorm).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from lrpfx.ops.table import (
 )
 from lrpfx.rules import LNRule, Pass
 
-defop(F.layer_norm, kind=OpKind.LAYERNORM)
+defop(F.layer_norm, F.rms_norm, F.normalize, kind=OpKind.LAYERNORM)
 
 
 def _bind(normalized_shape: Any, weight: Any = None, bias: Any = None,
@@ -46,9 +51,14 @@ def _module(m: nn.LayerNorm) -> Converted:
 
 
 spell(F.layer_norm, modules={nn.LayerNorm: _module}, bind=_bind)
+spell(F.rms_norm, modules={nn.RMSNorm: lambda m: (
+    tuple(m.normalized_shape), Param("weight", m.weight), m.eps)},
+    bind=lambda normalized_shape, weight=None, eps=None: Call(
+        F.rms_norm, (tuple(normalized_shape), weight, eps)))
+spell(F.normalize, bind=lambda p=2.0, dim=1, eps=1e-12, out=None: Call(F.normalize, (p, dim, eps)))
 
 
-@relevance(F.layer_norm, rule=Pass)
+@relevance(F.layer_norm, F.rms_norm, F.normalize, rule=Pass)
 def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
     """Pass: ``R_in = R_out``."""
     return [(node.args[0], rel)]  # type: ignore[list-item]
@@ -67,3 +77,12 @@ def _ln_rule(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule) -> list[Cont
                name=f"s_{tag}")
     c = b.call(rt.layer_norm_transpose, s, b[x], shape, b.map(weight), eps, name=f"c_{tag}")
     return [(x, b.call(operator.mul, b[x], c, name=f"r_{tag}"))]
+
+
+@relevance(F.rms_norm, F.normalize, rule=LNRule)
+def _scale_rule(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule) -> list[Contribution]:
+    """A normalizer without centering, held constant: ``R_in = y ⊙ R / stabilize(y)``."""
+    tag = b.name(node)
+    z = b.call(rt.stabilize, b[node], rule.stabilizer, name=f"z_{tag}")
+    s = b.call(operator.truediv, rel, z, name=f"s_{tag}")
+    return [(node.args[0], b.call(operator.mul, b[node], s, name=f"r_{tag}"))]  # type: ignore[list-item]

@@ -45,7 +45,7 @@ ROUTING, RESHAPE = OpKind.ROUTING, OpKind.RESHAPE
 defop(torch.reshape, torch.flatten, torch.unflatten, kind=RESHAPE, routes=True, keeps_nonneg=True)
 defop(torch.unsqueeze, torch.squeeze, kind=RESHAPE, routes=True)
 defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.getitem,
-      kind=ROUTING, routes=True)
+      torch.roll, kind=ROUTING, routes=True)
 defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, kind=ROUTING)
 defop(torch.chunk, torch.split, torch.unbind, kind=ROUTING, pieces=True)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
@@ -102,6 +102,7 @@ spell(torch.narrow, "narrow",
       bind=lambda dim, start, length: Call(torch.narrow, (dim, start, length)))
 spell(torch.select, "select", bind=lambda dim, index: Call(torch.select, (dim, index)))
 spell(F.pad, bind=_bind_pad)
+spell(torch.roll, "roll", bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
 
 
 @relevance(torch.reshape, torch.flatten, torch.unflatten, torch.unsqueeze, torch.squeeze)
@@ -180,6 +181,15 @@ def _transpose(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Cont
     x, d0, d1 = node.args
     assert isinstance(x, fx.Node)
     return [(x, b.call(torch.transpose, rel, d0, d1, name=f"r_{b.name(node)}"))]
+
+
+@relevance(torch.roll)
+def _roll(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+    """``roll(x, shifts, dims)``: ``R`` rolled back by ``-shifts``."""
+    x, shifts, dims = node.args
+    assert isinstance(x, fx.Node)
+    back = -shifts if isinstance(shifts, int) else tuple(-int(s) for s in shifts)  # type: ignore[arg-type, union-attr]
+    return [(x, b.call(torch.roll, rel, back, dims, name=f"r_{b.name(node)}"))]
 
 
 @relevance(torch.broadcast_to, "expand_as")
