@@ -1,9 +1,11 @@
-"""Model-zoo sweep: every non-attention torchvision classification model through lrpfx.
+"""Model-zoo sweep: every torchvision classification model through lrpfx.
 
 For each model (random weights, 10 classes, small inputs): compile with ``EpsilonPlusFlat`` and
-with ``EpsilonGammaBox``; the explainer's output must equal the model's, the relevance must be
+with ``EpsilonGammaBox`` (attention models: ``AttnLRP`` and ``CPLRP``, with static shapes from
+``example_inputs``); the explainer's output must equal the model's, the relevance must be
 finite and shaped like the input; and with an ε-only composite that ignores biases
-(``EpsilonOnly(1e-12, ignore_bias=True)``) the input relevance must sum to the target logit.
+(``EpsilonOnly(1e-12, ignore_bias=True)``; attention models: ``CPLRP(1e-12)`` on a copy whose
+additive constants are all zero) the input relevance must sum to the target logit.
 Writes ``docs/model-zoo.md`` (model, nodes, ops, compile time, conservation error).
 
 Conservation is measured where ε-LRP is well conditioned. On random signed weights a depthwise
@@ -20,6 +22,7 @@ every activation, keeps torchvision's signed initialization.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -33,16 +36,20 @@ from torch import nn
 import lrpfx
 from lrpfx import composites
 
-EXCLUDED = ("vit_", "swin_", "maxvit_")  # attention models: another issue
+ATTENTION = ("vit_", "swin_", "maxvit_")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "model-zoo.md"
-SIZES = {"alexnet": 64, "inception_v3": 75}  # the smallest inputs these accept; others 32
+# the smallest inputs these accept (vit: built for it; maxvit: only 224); others 32
+SIZES = {"alexnet": 64, "inception_v3": 75, "vit_h_14": 28, "maxvit_t": 224}
 LARGE = 150_000_000  # parameters; larger models run in float32 (memory: 2 cores, 24 GiB)
 
 
 def model_names() -> list[str]:
-    """Every torchvision classification model except the attention ones."""
-    return [n for n in torchvision.models.list_models(module=torchvision.models)
-            if not n.startswith(EXCLUDED)]
+    """Every torchvision classification model."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def attention(name: str) -> bool:
+    return name.startswith(ATTENTION)
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -52,7 +59,11 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     kwargs: dict = {"num_classes": 10}
     if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=False)
+    if name.startswith("vit_"):
+        kwargs.update(image_size=SIZES.get(name, 32))
     model = nonnegative(torchvision.models.get_model(name, **kwargs)).eval()
+    if name.startswith("vit_"):  # torchvision's head starts at zero: every logit would be 0
+        nn.init.normal_(model.heads.head.weight, std=0.02)
     large = sum(p.numel() for p in model.parameters()) > LARGE
     model = model.to(torch.float32 if large else torch.float64)
     size = SIZES.get(name, 32)
@@ -102,36 +113,58 @@ def conservation_error(model: nn.Module, x: torch.Tensor) -> float:
     return ((total - logit).abs() / logit.abs()).max().item()
 
 
+def attention_conservation_error(model: nn.Module, x: torch.Tensor) -> float:
+    """As ``conservation_error``, with CP-LRP on a copy whose additive constants are zero."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "class_token", "pos_embedding")):
+                p.zero_()
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.zero_()
+    out = lrpfx.compile(model, composites.CPLRP(epsilon=1e-12), example_inputs=x)(x)
+    logit = out.output.gather(1, out.output.argmax(1, keepdim=True))[:, 0]
+    total = out.relevance.flatten(1).sum(1)
+    return ((total - logit).abs() / logit.abs()).max().item()
+
+
 def sweep_one(name: str) -> Row:
     """Compile and check one model (see the module docstring)."""
     model, x = build(name)
     with torch.no_grad():
         expected = model(x)
+    presets = ((composites.AttnLRP(), composites.CPLRP()) if attention(name) else
+               (composites.EpsilonPlusFlat(), composites.EpsilonGammaBox(0.0, 1.0)))
+    options = {"example_inputs": x} if attention(name) else {}
     start = time.perf_counter()
-    explainer = lrpfx.compile(model, composites.EpsilonPlusFlat(), maxpool="wta")
+    explainer = lrpfx.compile(model, presets[0], maxpool="wta", **options)
     compile_s = time.perf_counter() - start
     errors, finite = [], True
-    for explain in (explainer, lrpfx.compile(model, composites.EpsilonGammaBox(0.0, 1.0))):
+    for explain in (explainer, lrpfx.compile(model, presets[1], **options)):
         out = explain(x)
         errors.append(((out.output - expected).abs().max() / expected.abs().max()).item())
         finite &= bool(torch.isfinite(out.relevance).all()) and out.relevance.shape == x.shape
     graph = explainer.graph_module.graph
     ops = {str(n.target) for n in graph.nodes if n.op in ("call_function", "call_method")}
+    conservation = (attention_conservation_error if attention(name) else conservation_error)
     return Row(name, str(x.dtype).removeprefix("torch."), len(graph.nodes), len(ops), compile_s,
-               max(errors), finite, conservation_error(model, x))
+               max(errors), finite, conservation(model, x))
 
 
 def markdown(rows: list[Row]) -> str:
     lines = [
         "# Model zoo",
         "",
-        "Every torchvision classification model except the attention ones (vit, swin, maxvit),",
-        "random weights, 10 classes, batch of 2 at 32×32 (alexnet 64, inception_v3 75), written by",
+        "Every torchvision classification model, random weights, 10 classes, batch of 2 at 32×32",
+        "(alexnet 64, inception_v3 75, vit_h_14 28, maxvit_t 224), written by",
         "`python examples/model_zoo.py`. *nodes*: nodes of the canonical graph; *ops*: distinct",
-        "canonical ops; *compile*: `lrpfx.compile` with `EpsilonPlusFlat` (seconds, 2 shared",
-        "CPU cores); *output*: max |explainer output − model output| / max |model output| over",
-        "`EpsilonPlusFlat` and `EpsilonGammaBox`; *conservation*: max |Σ R_in − logit| / |logit|",
-        "with `EpsilonOnly(1e-12, ignore_bias=True)` (see the script's docstring for the weights).",
+        "canonical ops; *compile*: `lrpfx.compile` with `EpsilonPlusFlat` (attention models:",
+        "`AttnLRP`, static shapes) in seconds on 2 shared CPU cores; *output*: max |explainer",
+        "output − model output| / max |model output| over `EpsilonPlusFlat` and `EpsilonGammaBox`",
+        "(attention models: `AttnLRP` and `CPLRP`); *conservation*: max |Σ R_in − logit| / |logit|",
+        "with `EpsilonOnly(1e-12, ignore_bias=True)` (attention models: `CPLRP(1e-12)` with every",
+        "additive constant zero; see the script's docstring for the weights).",
         "",
         "| model | dtype | nodes | ops | compile (s) | output | finite | conservation |",
         "|---|---|---:|---:|---:|---:|:-:|---:|",

@@ -109,3 +109,48 @@ def test_torchvision_attention_models_equal_the_reference(name, size):
     model = _random_biases(getattr(torchvision.models, name)(weights=None, **kwargs))
     _assert_equal_to_reference(model.double().eval(),
                                torch.randn(1, 3, size, size, dtype=torch.float64), 3)
+
+
+def _zero_biases(model: nn.Module) -> nn.Module:
+    """Every additive constant zero: biases, BatchNorm shifts, the class token, positions."""
+    for name, p in model.named_parameters():
+        if name.endswith(("bias", "class_token", "pos_embedding", "relative_position_bias_table")):
+            nn.init.zeros_(p)
+    for name, b in model.named_buffers():
+        if name.endswith("running_mean"):
+            nn.init.zeros_(b)
+    return model
+
+
+@pytest.mark.parametrize("make", [_small_vit, _small_maxvit, _small_swin],
+                         ids=["vit", "maxvit", "swin"])
+def test_cp_lrp_with_zero_biases_conserves_the_logit(make):
+    """CP-LRP holds the attention weights constant: with no additive constant anywhere, every
+    rule conserves, so the input's relevance sums to the explained logit."""
+    torch.manual_seed(0)
+    model = _zero_biases(make())
+    size = 36 if make is _small_swin else 32
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    out = lrpfx.compile(model, composites.CPLRP(epsilon=1e-12), example_inputs=x)(x, target=1)
+    torch.testing.assert_close(out.relevance.sum((1, 2, 3)), out.output[:, 1],
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_the_vit_gamma_preset_reaches_every_linear_call_site_with_its_own_gamma():
+    """γ for the patch convolution and γ for linear layers, the attention's q/k/v and output
+    projections included (LXT's recipe, by module type, never reaches them)."""
+    model = _small_vit()
+    explainer = lrpfx.compile(model, composites.AttnLRPGamma(conv_gamma=0.5, linear_gamma=0.1))
+    rules_by_path = {n.meta.get("lrpfx.path"): n.meta.get("lrpfx.rule")
+                     for n in explainer.graph_module.graph.nodes}
+    attention = "encoder.layers.encoder_layer_1.self_attention"
+    assert rules_by_path["conv_proj"] == lrpfx.rules.Gamma(0.5, 1e-6)
+    for part in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        assert rules_by_path[f"{attention}.{part}"] == lrpfx.rules.Gamma(0.1, 1e-6), part
+    assert rules_by_path["heads.head"] == lrpfx.rules.Gamma(0.1, 1e-6)
+    assert isinstance(rules_by_path[f"{attention}.softmax"], lrpfx.rules.SoftmaxTaylor)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    out = lrpfx.compile(model, "attn-lrp-gamma")(x, target=0)
+    assert torch.isfinite(out.relevance).all() and out.relevance.flatten(1).any(1).all()
+    plain = lrpfx.compile(model, composites.AttnLRP())(x, target=0).relevance
+    assert not torch.allclose(out.relevance, plain)  # γ changed the explanation

@@ -26,6 +26,7 @@ from lrpfx.composites.presets import (
     FITTED,
     PRESETS,
     AttnLRP,
+    AttnLRPGamma,
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
     EpsilonGammaBox,
@@ -40,7 +41,8 @@ from lrpfx.composites.presets import (
 )
 
 __all__ = [
-    "CPLRP", "FITTED", "LAYER_KINDS", "PRESETS", "AttnLRP", "Composite", "Context", "Entry",
+    "CPLRP", "FITTED", "LAYER_KINDS", "PRESETS", "AttnLRP", "AttnLRPGamma", "Composite",
+    "Context", "Entry",
     "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat", "EpsilonGammaBox", "EpsilonOnly",
     "EpsilonPlus", "EpsilonPlusFlat", "First", "Key", "Kind", "Matcher", "Name",
     "PatternAttribution", "PatternNet", "Position", "Spec", "Type", "UserRules", "as_matcher",

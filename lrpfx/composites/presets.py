@@ -188,6 +188,24 @@ class AttnLRP(Composite):
         ])
 
 
+class AttnLRPGamma(Composite):
+    """AttnLRP with the γ-rule on the linear maps, for vision transformers (as LXT's ViT recipe):
+    ``Gamma(conv_gamma)`` on convolutions (the patch embedding), ``Gamma(linear_gamma)`` on every
+    dense call site, the attention's q/k/v and output projections included (they are call
+    sites of their own, see ``nn.MultiheadAttention``'s decomposition), AttnLRP elsewhere.
+    LXT's examples search conv γ in {0.1, 0.25, 100} and linear γ in {0, 0.01, 0.05, 0.1, 1}."""
+
+    name = "attn-lrp-gamma"
+
+    def __init__(self, conv_gamma: float = 0.25, linear_gamma: float = 0.05,
+                 epsilon: float = 1e-6, rules: UserRules = None) -> None:
+        super().__init__(rules, [
+            (Kind("conv"), Gamma(conv_gamma, epsilon)),
+            (Kind("dense"), Gamma(linear_gamma, epsilon)),
+            *AttnLRP(epsilon).entries,
+        ])
+
+
 class CPLRP(Composite):
     """CP-LRP (Ali et al., ICML 2022, "XAI for Transformers"): the attention weights are held
     constant (``Stop`` on the softmax: relevance flows through the values only), LayerNorm by
@@ -205,7 +223,7 @@ class CPLRP(Composite):
 
 PRESETS: dict[str, type[Composite]] = {
     c.name: c for c in (EpsilonPlus, EpsilonPlusFlat, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
-                        EpsilonGammaBox, EpsilonOnly, AttnLRP, CPLRP)
+                        EpsilonGammaBox, EpsilonOnly, AttnLRP, AttnLRPGamma, CPLRP)
 }
 # presets built from data: by name only with their patterns, resolve(name, patterns=...)
 FITTED: dict[str, type[Composite]] = {c.name: c for c in (PatternNet, PatternAttribution)}
