@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from lrpfx import codegen, composites, guard, passes  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.frontend import LeafSpec, canonical, eval_mode
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.program import PROGRAM_PASSES
 from lrpfx.record import RecordSpec, select
+from lrpfx.watch import Watch
 
 if TYPE_CHECKING:
     from lrpfx.patterns.store import Patterns
@@ -59,6 +60,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out.relevance.shape == x.shape
     """
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
+    watch = Watch(model)  # the user's model, not its eval copy: later changes are refused
     model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
     gm = canonical(model, leaf_modules, concrete_args, warn_stacklevel=3)
     gm = check_softmax(gm, strip_softmax)
@@ -66,5 +68,4 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     program = codegen.generate(gm, select(gm, record))
     for improve in PROGRAM_PASSES:
         program = improve(program)
-    model_versions = guard.versions(model, "model's")  # later writes: refused
-    return Explainer(program, gm, composite, torch_compile, model_versions)
+    return Explainer(program, gm, composite, torch_compile, watch)
