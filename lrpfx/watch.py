@@ -60,6 +60,12 @@ def _watch(t: torch.Tensor) -> int:
     return _steps[key]
 
 
+def _version(t: torch.Tensor) -> int:
+    """``t``'s version counter; -1 for an inference tensor (made under ``torch.inference_mode``),
+    which has none: outside that mode it cannot be written in place at all."""
+    return -1 if t.is_inference() else t._version
+
+
 def _named(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     return itertools.chain(model.named_parameters(), model.named_buffers())
 
@@ -69,7 +75,7 @@ class Watch:
 
     def __init__(self, model: nn.Module) -> None:
         self._model = weakref.ref(model)
-        self._seen = [(name, weakref.ref(t), t._version, t.data_ptr(), _watch(t))
+        self._seen = [(name, weakref.ref(t), _version(t), t.data_ptr(), _watch(t))
                       for name, t in _named(model)]
 
     def check(self) -> None:
@@ -83,7 +89,7 @@ class Watch:
             t, current = ref(), now.pop(name, None)
             if current is None or current is not t:
                 how = "removed" if current is None else "replaced by another tensor"
-            elif t._version != version:
+            elif _version(t) != version:
                 how = ("written in place (e.g. by an optimizer step or a forward pass in "
                        "training mode)")
             elif t.data_ptr() != pointer:
