@@ -98,6 +98,18 @@ def _check_unchanged(recorded: Versions) -> None:
 
 
 # -- x ---------------------------------------------------------------------------------------------
+def check_x(program: fx.GraphModule, graph_module: fx.GraphModule, x: Any,
+            name: str = "x") -> None:
+    """What ``arguments`` checks of ``x``, for another argument ``name`` (``lrpfx.show``'s
+    ``example``): a ``TypeError``/``ValueError`` naming it when the model cannot take it."""
+    try:
+        _check_x(program, graph_module, x)
+        output_shape(graph_module, x)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        raise type(error)(message if name == "x" else f"{name}: {message}") from None
+
+
 def _tensors(program: fx.GraphModule) -> Iterator[torch.Tensor]:
     yield from program.buffers()
     yield from program.parameters()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pickle
 import re
 import socket
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +197,14 @@ def load_weights(model: nn.Module, path: Path, arch: str) -> None:
         raise InputError(f"--weights {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # a torch file holding objects beyond tensors
+        if "Weights only load failed" not in str(error) or not zipfile.is_zipfile(path):
+            raise InputError(f"--weights {path}: not a PyTorch weights file "
+                             f"({type(error).__name__})") from None
+        raise InputError(f"--weights {path}: holds pickled Python objects (a whole model saved "
+                         "with torch.save(model)?), which lrpfx does not unpickle: they can "
+                         "run code. Save the weights with torch.save(model.state_dict(), path) "
+                         "and pass that file") from None
     except Exception as error:  # pickle, zip and torch errors alike
         raise InputError(f"--weights {path}: not a PyTorch weights file "
                          f"({type(error).__name__})") from None
