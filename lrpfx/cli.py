@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lrpfx
-from lrpfx import composites, demo, filters, heatmap
+from lrpfx import composites, demo, filters, guard, heatmap
 from lrpfx.errors import LrpfxError
 from lrpfx.images import (
     IMAGE_SUFFIXES,
@@ -180,8 +180,39 @@ def _compile(args: argparse.Namespace, model: torch.nn.Module) -> lrpfx.Explaine
     return explainer.float()
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Option values argparse's types let through: one ``InputError`` naming the option."""
+    if args.size < 1:
+        raise InputError(f"--size must be a positive number of pixels, got {args.size}")
+    if args.top_k is not None and not 0 < args.top_k <= 100:
+        raise InputError(f"--top-k is a percentage: more than 0 and at most 100, got "
+                         f"{args.top_k:g}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = getattr(args, "out", None)
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; give a folder (it is created if needed)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--out {out}: cannot create the folder "
+                             f"({error.strerror or type(error).__name__})") from None
+
+
+def _check_input(explainer: lrpfx.Explainer, args: argparse.Namespace) -> None:
+    """The model must take a batch of ``--size`` RGB images: checked once, before the work."""
+    x = torch.zeros(1, 3, args.size, args.size, device=args.device, dtype=torch.float32)
+    try:
+        guard.check_x(explainer.program, explainer.graph_module, x)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"--arch {args.arch} does not take {args.size}x{args.size} RGB images "
+                         f"(--size {args.size}): {error}") from None
+
+
 def explain_command(args: argparse.Namespace, console: Console) -> int:
     """``lrpfx explain``: every image through the explainer, one PNG each."""
+    _check_options(args)
     images, others = find_images(args.paths)
     _target(args.target)  # a malformed target fails before any work
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -193,6 +224,7 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"no images in {', '.join(map(str, args.paths))}")
     loaded = _load(args, console, download=not args.no_download)
     explainer = _compile(args, loaded.model).to(args.device)
+    _check_input(explainer, args)
     _check_target(_target(args.target), explainer, args)
     names = _output_names(images, args.out)
     failed = _run(explainer, images, names, args, loaded, console)
@@ -229,9 +261,12 @@ def _run(explainer: lrpfx.Explainer, images: list[Path], names: dict[Path, Path]
 
 def show_command(args: argparse.Namespace, console: Console) -> int:
     """``lrpfx show``: the annotated graph with output shapes for one input of ``--size``."""
+    _check_options(args)
     loaded = (load_model(args.arch, args.weights, download=False) if args.weights
               else LoadedModel(_build(args.arch), "random", True))
     explainer = _compile(args, loaded.model)
+    args.device = "cpu"
+    _check_input(explainer, args)
     example = torch.zeros(1, 3, args.size, args.size, dtype=torch.float32)
     lrpfx.show(explainer, console, example=example)
     return 0

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from lrpfx import codegen, composites, guard, passes  # type: ignore[attr-defined]
+from lrpfx import codegen, composites, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
 from lrpfx.frontend import LeafSpec, canonical, eval_mode, static
+from lrpfx.model_checks import check_rules, model_to_compile, warn_unmatched_names
 from lrpfx.passes.maxpool import MaxPoolMode
 from lrpfx.passes.softmax import strip_softmax as check_softmax
 from lrpfx.program import PROGRAM_PASSES
 from lrpfx.record import RecordSpec, select
+from lrpfx.watch import Watch
 
 if TYPE_CHECKING:
     from lrpfx.patterns.store import Patterns
@@ -64,15 +67,19 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out = explainer(x, target=3)
         >>> out.relevance.shape == x.shape
     """
+    check_rules(rules)
+    model = model_to_compile(model)  # or a TypeError/ValueError naming it; wrappers unwrapped
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
-    model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
     examples = None if example_inputs is None else static.example_tuple(example_inputs)
-    gm = canonical(model, leaf_modules, concrete_args, example_inputs=examples,
-                   warn_stacklevel=3)
-    gm = check_softmax(gm, strip_softmax)
-    gm = passes.check(passes.annotate(passes.facts(passes.maxpool(gm, maxpool)), composite))
-    program = codegen.generate(gm, select(gm, record))
-    for improve in PROGRAM_PASSES:
-        program = improve(program)
-    model_versions = guard.versions(model, "model's")  # later writes: refused
-    return Explainer(program, gm, composite, torch_compile, model_versions)
+    with torch.inference_mode(False):  # the program's tensors: normal ones, even when called
+        watch = Watch(model)  # the user's model, not its eval copy: later changes are refused
+        model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
+        gm = canonical(model, leaf_modules, concrete_args, example_inputs=examples,
+                       warn_stacklevel=3)
+        warn_unmatched_names(gm, rules, stacklevel=3)
+        gm = check_softmax(gm, strip_softmax)
+        gm = passes.check(passes.annotate(passes.facts(passes.maxpool(gm, maxpool)), composite))
+        program = codegen.generate(gm, select(gm, record))
+        for improve in PROGRAM_PASSES:
+            program = improve(program)
+        return Explainer(program, gm, composite, torch_compile, watch)

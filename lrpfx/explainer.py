@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from lrpfx import diagnose, guard, meta
 from lrpfx.ops.table import OpKind
+from lrpfx.watch import Watch
 
 
 class _Pair(NamedTuple):
@@ -51,9 +52,9 @@ class Explainer(nn.Module):
 
     def __init__(self, program: fx.GraphModule, graph_module: fx.GraphModule,
                  composite: object, torch_compile: bool = False,
-                 model_versions: guard.Versions | None = None) -> None:
-        """``model_versions``: ``guard.versions`` of the model compiled, taken at compile time;
-        an in-place write to its tensors afterwards (or to the explainer's own) is refused."""
+                 watch: Watch | None = None) -> None:
+        """``watch``: the model compiled, as it was at compile time (``lrpfx.watch``); explaining
+        after it changed is refused, as after an in-place write to the explainer's tensors."""
         super().__init__()
         self.program = program
         self.graph_module = graph_module
@@ -61,7 +62,7 @@ class Explainer(nn.Module):
         self.torch_compile = torch_compile
         self._compiled: Callable[..., Any] | None = None  # made at the first call
         self._versions = guard.versions(self, "explainer's")  # to see in-place writes
-        self._versions.update(model_versions or {})
+        self._watch = watch
 
     @property
     def code(self) -> str:
@@ -86,6 +87,8 @@ class Explainer(nn.Module):
         Returns:
             ``Explanation(output, relevance)``, with ``.layers`` when layers are recorded.
         """
+        if self._watch is not None:
+            self._watch.check()  # or StaleExplainerError
         target = guard.arguments(self.program, self.graph_module, self._versions, x, target,
                                  output_relevance)  # or a named error
         with torch.no_grad():
@@ -115,7 +118,8 @@ class Explainer(nn.Module):
         into them: many share memory with the model it was compiled from."""
         result = super().load_state_dict(state_dict, strict=strict, assign=True)
         self._compiled = None
-        self._versions = guard.versions(self, "explainer's")  # the model's: gone
+        self._versions = guard.versions(self, "explainer's")
+        self._watch = None  # the model's tensors: gone
         return result
 
     def __reduce_ex__(self, protocol: Any) -> Any:

@@ -37,6 +37,7 @@ from torch import fx, nn
 from lrpfx import diagnostics, meta
 from lrpfx import runtime as rt
 from lrpfx.errors import StaleExplainerError
+from lrpfx.targets import Contrast
 
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _POOLS = {
@@ -58,7 +59,8 @@ def versions(module: nn.Module, owner: str = "explainer") -> Versions:
     """The version counters of ``module``'s tensors by identity (an alias shares its original's
     counter): an in-place write to any of them afterwards shows up as a new version."""
     named = itertools.chain(module.named_buffers(), module.named_parameters())
-    return {id(t): (weakref.ref(t), t._version, f"{owner} tensor {name!r}") for name, t in named}
+    return {id(t): (weakref.ref(t), t._version, f"{owner} tensor {name!r}") for name, t in named
+            if not t.is_inference()}  # which has no version counter (and is read-only)
 
 
 def arguments(program: fx.GraphModule, graph_module: fx.GraphModule, versions: Versions,
@@ -96,6 +98,18 @@ def _check_unchanged(recorded: Versions) -> None:
 
 
 # -- x ---------------------------------------------------------------------------------------------
+def check_x(program: fx.GraphModule, graph_module: fx.GraphModule, x: Any,
+            name: str = "x") -> None:
+    """What ``arguments`` checks of ``x``, for another argument ``name`` (``lrpfx.show``'s
+    ``example``): a ``TypeError``/``ValueError`` naming it when the model cannot take it."""
+    try:
+        _check_x(program, graph_module, x)
+        output_shape(graph_module, x)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        raise type(error)(message if name == "x" else f"{name}: {message}") from None
+
+
 def _tensors(program: fx.GraphModule) -> Iterator[torch.Tensor]:
     yield from program.buffers()
     yield from program.parameters()
@@ -263,36 +277,41 @@ def _classes(shape: torch.Size, what: str) -> int:
     return shape[1]
 
 
-def _check_target(target: Any, x: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+def _check_target(target: Any, x: torch.Tensor, shape: torch.Size,
+                  name: str = "target") -> torch.Tensor | None:
+    """``target`` (or ``Contrast``'s ``other``, named by ``name``) as one class per sample."""
     if target is None:
         return None
     n = x.shape[0]
     if isinstance(target, bool) or not isinstance(target, numbers.Integral | torch.Tensor):
-        raise TypeError("target must be an int, an integer tensor with one class per sample, "
+        raise TypeError(f"{name} must be an int, an integer tensor with one class per sample, "
                         f"or None (the argmax), got {type(target).__name__}")
+    classes = _classes(shape, name)
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+            raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
         if target.dim() > 1 or (target.dim() == 1 and target.shape[0] != n):
-            raise ValueError(f"target has shape {tuple(target.shape)} but x has a batch of {n}; "
+            raise ValueError(f"{name} has shape {tuple(target.shape)} but x has a batch of {n}; "
                              "give one class per sample (a 1-d tensor of length "
                              f"{n}) or one int for all")
-        target = target.to(device=x.device, dtype=torch.long).expand(n)
+        low, high = (int(target.min()), int(target.max())) if target.numel() else (0, 0)
     else:
-        target = torch.full((n,), int(target), dtype=torch.long, device=x.device)
-    classes = _classes(shape, "target")
-    low, high = int(target.min()), int(target.max())
+        low = high = int(target)  # any size: checked before it becomes an int64
     if low < 0 or high >= classes:
-        bad = low if low < 0 else high
-        raise ValueError(f"target {bad} is out of range: the model output has {classes} "
-                         f"classes along dimension 1 (shape {tuple(shape)}), valid targets are "
-                         f"0 to {classes - 1}")
-    return target
+        raise ValueError(f"{name} {low if low < 0 else high} is out of range: the model output "
+                         f"has {classes} classes along dimension 1 (shape {tuple(shape)}), "
+                         f"valid {'targets' if name == 'target' else 'classes'} are 0 to "
+                         f"{classes - 1}")
+    if isinstance(target, torch.Tensor):
+        return target.to(device=x.device, dtype=torch.long).expand(n)
+    return torch.full((n,), int(target), dtype=torch.long, device=x.device)
 
 
 def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size, target: Any) -> None:
+    if isinstance(r, Contrast):
+        _check_target(r.other, x, shape, "Contrast's other class")
     if callable(r) and not isinstance(r, torch.Tensor):
-        return  # a seed function, run on the real output (lrpfx.targets)
+        return  # a seed function, run on the real output, whose result is checked there
     if not isinstance(r, torch.Tensor):
         raise TypeError("output_relevance must be a tensor shaped like the model output or a "
                         f"callable (output, target) -> tensor, got {type(r).__name__}")

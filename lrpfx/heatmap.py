@@ -63,12 +63,21 @@ def reduce_channels(relevance: torch.Tensor, how: Reduce = "sum") -> torch.Tenso
     """``(N, C, H, W)`` to one map per sample ``(N, H, W)``: ``"sum"`` (signed, the LRP
     convention: relevance is additive), ``"abs"`` (Σ|R|), ``"pos"`` (Σ max(R, 0)) or ``"norm"``
     (the L2 norm over channels). ``(N, H, W)`` passes unchanged."""
+    if not isinstance(relevance, torch.Tensor):
+        raise TypeError(f"heatmaps take a relevance tensor, got {type(relevance).__name__}")
     r = relevance.detach().float().cpu()
-    if r.dim() == 3:
-        return r
-    if r.dim() != 4:
+    if r.dim() not in (3, 4):
         raise ValueError(f"heatmaps take (N, C, H, W) or (N, H, W) relevance, got "
                          f"{tuple(r.shape)}")
+    if r.numel() == 0:
+        raise ValueError(f"heatmaps take a non-empty relevance, got shape {tuple(r.shape)}")
+    if not bool(torch.isfinite(r).all()):
+        bad = sorted({int(i) for i in (~torch.isfinite(r)).flatten(1).any(1).nonzero()[:, 0]})
+        raise ValueError(f"the relevance of sample(s) {bad[:10]} contains NaN/Inf; a heatmap "
+                         "of it would be meaningless. Drop those samples (an explainer raises "
+                         "NonFiniteError with the result in .explanation)")
+    if r.dim() == 3:
+        return r
     if how == "sum":
         return r.sum(1)
     if how == "abs":

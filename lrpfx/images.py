@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pickle
 import re
 import socket
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,8 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """Decode an image file into RGB ``uint8`` ``(3, H, W)`` (the first frame of a GIF).
+    """Decode an image file into RGB ``uint8`` ``(3, H, W)`` (the first frame of a GIF); a
+    16-bit image is scaled by its real depth (65535 is white), not cut at 255.
 
     Raises:
         InputError: unreadable or not an image.
@@ -66,7 +69,21 @@ def load_image(path: Path) -> torch.Tensor:
         image = _decode(path)
     except (RuntimeError, ValueError, OSError) as error:  # PIL's errors are OSError/ValueError
         raise InputError(f"{path}: not a readable image ({_reason(error)})") from None
-    return image[0] if image.dim() == 4 else image
+    return _to_uint8(image[0] if image.dim() == 4 else image)
+
+
+def _unit(image: torch.Tensor) -> torch.Tensor:
+    """An image in [0, 1] (float64): an integer one divided by its dtype's largest value."""
+    if image.is_floating_point():
+        return image.to(torch.float64).clamp(0, 1)
+    return image.to(torch.float64) / torch.iinfo(image.dtype).max
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """An image of any depth as ``uint8``: ``round(v · 255 / max)``, max the dtype's."""
+    if image.dtype == torch.uint8:
+        return image
+    return (_unit(image) * 255).round().to(torch.uint8)
 
 
 def _decode(path: Path) -> torch.Tensor:
@@ -78,6 +95,11 @@ def _decode(path: Path) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(path) as image:
+            if image.mode.startswith("I"):  # 16- or 32-bit grey: convert("RGB") would cut at 255
+                grey = torch.from_numpy(np.array(image).astype(np.int32))
+                wide = not image.mode.startswith("I;16") and int(grey.max()) > 65535
+                grey = grey if wide else grey.to(torch.uint16)
+                return _to_uint8(grey).expand(3, -1, -1)
             return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
@@ -95,8 +117,9 @@ def preprocess(image: torch.Tensor, size: int = 224,
                mean: Sequence[float] = IMAGENET_MEAN,
                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """ImageNet evaluation preprocessing of a ``uint8`` ``(3, H, W)`` image: resize the shorter
-    side to ``size · 256/224``, center-crop ``size × size``, scale to [0, 1], normalize."""
-    x = image.float().unsqueeze(0) / 255
+    side to ``size · 256/224``, center-crop ``size × size``, scale to [0, 1] by the image's depth
+    (255 for ``uint8``, 65535 for ``uint16``; a float image is taken as in [0, 1]), normalize."""
+    x = _unit(image).to(torch.float32).unsqueeze(0)
     short = round(size * 256 / 224)
     h, w = x.shape[-2:]
     scale = short / min(h, w)
@@ -174,6 +197,14 @@ def load_weights(model: nn.Module, path: Path, arch: str) -> None:
         raise InputError(f"--weights {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # a torch file holding objects beyond tensors
+        if "Weights only load failed" not in str(error) or not zipfile.is_zipfile(path):
+            raise InputError(f"--weights {path}: not a PyTorch weights file "
+                             f"({type(error).__name__})") from None
+        raise InputError(f"--weights {path}: holds pickled Python objects (a whole model saved "
+                         "with torch.save(model)?), which lrpfx does not unpickle: they can "
+                         "run code. Save the weights with torch.save(model.state_dict(), path) "
+                         "and pass that file") from None
     except Exception as error:  # pickle, zip and torch errors alike
         raise InputError(f"--weights {path}: not a PyTorch weights file "
                          f"({type(error).__name__})") from None

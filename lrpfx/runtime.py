@@ -413,11 +413,32 @@ def output_relevance(
     if relevance is None:
         return logit(output, target)
     if callable(relevance) and not isinstance(relevance, torch.Tensor):
-        return relevance(output, target)
+        return _seeded(relevance, output, target)
     if relevance.shape != output.shape:
         raise ValueError(f"output_relevance has shape {tuple(relevance.shape)}, the model "
                          f"output {tuple(output.shape)}; give one value per output entry")
     return relevance
+
+
+def _seeded(seed: Seed, output: torch.Tensor, target: Target) -> torch.Tensor:
+    """``seed(output, target)``, checked as an ``output_relevance`` tensor is."""
+    name = getattr(seed, "__name__", None) or repr(seed)
+    try:
+        r = seed(output, target)
+    except Exception as error:
+        raise ValueError(f"output_relevance {name} failed on the model output of shape "
+                         f"{tuple(output.shape)}: {type(error).__name__}: {error}") from error
+    if not isinstance(r, torch.Tensor) or not r.is_floating_point():
+        got = f"dtype {r.dtype}" if isinstance(r, torch.Tensor) else type(r).__name__
+        raise TypeError(f"output_relevance {name} must return a floating-point tensor shaped "
+                        f"like the model output, got {got}")
+    if r.shape != output.shape or r.dtype != output.dtype or r.device != output.device:
+        raise ValueError(f"output_relevance {name} returned {tuple(r.shape)} {r.dtype} on "
+                         f"{r.device}; the model output is {tuple(output.shape)} {output.dtype} "
+                         f"on {output.device}: give one value per output entry")
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError(f"output_relevance {name} returned NaN/Inf values")
+    return r
 
 
 @kernel(fresh=False)

@@ -129,6 +129,11 @@ def shapes(explainer: Compiled, example: torch.Tensor) -> None:
     """Record the output shape of every node of ``explainer.graph_module`` for ``example``."""
     from torch.fx.passes.shape_prop import ShapeProp
 
+    from lrpfx import guard
+
+    program = getattr(explainer, "program", None)
+    if isinstance(program, fx.GraphModule):  # named errors, as explaining it would give
+        guard.check_x(program, explainer.graph_module, example, "example")
     with torch.no_grad():
         ShapeProp(explainer.graph_module).propagate(example)
 

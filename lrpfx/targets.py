@@ -3,7 +3,9 @@
 ``explainer(x, target=t, output_relevance=...)`` takes
 
 - nothing: the **target logit** ``R_out = output · one_hot(t)`` (``t=None``: each sample's
-  argmax), so the input relevance sums to about that logit (the default);
+  argmax), so the input relevance sums to about that logit (the default). An output with
+  positions after the classes (``(N, C, H, W)``, a segmentation map) is explained at every
+  position: for class ``t``, or with ``t=None`` for each position's own argmax class;
 - a tensor shaped like the output: used as it is;
 - a callable ``(output, target) -> tensor``, evaluated inside the program on the real output:
   :func:`logit`, :func:`one_hot` (relevance 1 on the target, so heatmaps of different samples
@@ -26,10 +28,14 @@ Seed = Callable[[torch.Tensor, Target], torch.Tensor]
 
 
 def _index(output: torch.Tensor, target: Target) -> torch.Tensor:
-    """``target`` (one class per sample, or None for the argmax) as a gather/scatter index."""
+    """``target`` as a gather/scatter index along dimension 1: one class per sample, one per
+    sample and position (``(N, H, W)`` for an ``(N, C, H, W)`` output), or None for the argmax
+    at each position (for a segmentation map: each pixel's predicted class)."""
     if target is None:
-        target = output.argmax(1)
+        return output.argmax(1, keepdim=True)
     target = torch.as_tensor(target, device=output.device)
+    if target.dim() > 1 and target.dim() == output.dim() - 1:  # a class per position
+        return target.unsqueeze(1)
     if target.dim() == 0:
         target = target.expand(output.shape[0])
     shape = (output.shape[0], 1) + tuple(output.shape[2:])

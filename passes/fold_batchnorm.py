@@ -4,10 +4,13 @@ Before: ``affine(conv(x, w, b), scale, shift)`` (normalize's form of a BatchNorm
 output used by the affine only.
 After:  ``conv(x, w', b')`` with ``w' = w * scale`` (per output channel) and
 ``b' = b * scale + shift`` as new buffers; the conv's ``meta["lrpfx.folded"]`` names the
-BatchNorm. The outputs are unchanged; the user's tensors are not touched.
+BatchNorm. The outputs are unchanged; the user's tensors are not touched. A layer called at two
+sites, each followed by its own BatchNorm, gets folded constants per call site.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import fx
@@ -48,6 +51,13 @@ def _foldable(node: fx.Node) -> bool:
     )
 
 
+def _fresh(gm: fx.GraphModule, name: str) -> str:
+    """``name``, or ``name_1``, ``name_2``...: a layer called twice, each call followed by its
+    own BatchNorm, gets two folded constants, never one overwritten by the other."""
+    candidates = itertools.chain([name], (f"{name}_{i}" for i in itertools.count(1)))
+    return next(c for c in candidates if not hasattr(gm, c))
+
+
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     """Fold every foldable BatchNorm (see the module docstring)."""
     for node in list(gm.graph.nodes):
@@ -62,7 +72,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
         args = list(layer.args)
         with gm.graph.inserting_before(layer):
             for index, value, suffix in ((1, new_weight, "weight"), (2, new_bias, "bias")):
-                name = f"{base}_{suffix}_folded"
+                name = _fresh(gm, f"{base}_{suffix}_folded")  # one per call site
                 gm.register_buffer(name, value)
                 args[index] = gm.graph.get_attr(name)
         layer.args = tuple(args)

@@ -219,6 +219,7 @@ def trace(
     modules = dict(model.named_modules())
     refuse_hidden_writes(graph, modules)
     _warn_leaf_hooks(graph, modules, stacklevel + 1)
+    _warn_root_hooks(model, stacklevel + 1)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     for name in set(vars(model)) - attributes:  # fx keeps tensor constants on the model
         delattr(model, name)
@@ -312,6 +313,27 @@ def _warn_leaf_hooks(graph: fx.Graph, modules: dict[str, nn.Module], stacklevel:
             f"the explainer does not run forward hooks of layers, and these have some: {names}. "
             "A hook that only observes is fine; one that changes a layer's input or output is "
             "not part of the explanation (build its effect into the model instead).",
+            stacklevel=stacklevel,
+        )
+
+
+def _warn_root_hooks(model: nn.Module, stacklevel: int) -> None:
+    """Warn that forward (pre-)hooks of the model itself, and global ones
+    (``register_module_forward_hook``), are not run: fx traces ``forward``, not ``__call__``."""
+    from torch.nn.modules import module as torch_module
+
+    kinds = {"forward pre-hook": [model._forward_pre_hooks,
+                                  torch_module._global_forward_pre_hooks],
+             "forward hook": [model._forward_hooks, torch_module._global_forward_hooks]}
+    found = [f"{sum(len(h) for h in hooks)} {kind}(s)" for kind, hooks in kinds.items()
+             if any(not _parameter_hook(h) for d in hooks for h in d.values())]
+    if found:
+        warnings.warn(
+            f"the explainer does not run forward hooks of the model itself "
+            f"({type(model).__name__}) or global module hooks, and there are {' and '.join(found)}."
+            " A hook that only observes is fine; one that changes the model's input or output "
+            "is not part of the explanation: build its effect into forward (or a wrapper "
+            "module's forward) and compile that.",
             stacklevel=stacklevel,
         )
 

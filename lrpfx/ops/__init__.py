@@ -11,9 +11,10 @@ from lrpfx.ops import (
     patterns,
     routing,
     softmax,
+    where,
 )
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
 __all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "bilinear", "defop",
            "layernorm", "layers", "maxpool", "patterns", "register", "relevance", "routing",
-           "softmax", "spell"]
+           "softmax", "spell", "where"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -55,11 +58,37 @@ class Group:
     where: Literal["z>0", "z<0"] | None = None
 
 
+# parameters that are real numbers >= 0 wherever a rule has them, and flags
+NONNEGATIVE = ("epsilon", "gamma", "stabilizer", "alpha", "beta")
+FLAGS = ("ignore_bias",)
+
+
+def check_parameters(rule: object) -> None:
+    """Refuse, at construction, a parameter of the wrong type (``TypeError``) or a negative or
+    non-finite one (``ValueError``), naming the rule and the parameter."""
+    name = type(rule).__name__
+    for field_ in dataclasses.fields(rule):  # type: ignore[arg-type]
+        value = getattr(rule, field_.name)
+        if field_.name in FLAGS and not isinstance(value, bool):
+            raise TypeError(f"{name} {field_.name} must be True or False, got {value!r}")
+        if field_.name not in NONNEGATIVE:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} {field_.name} must be a number, got "
+                            f"{type(value).__name__} {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} {field_.name} must be a finite number >= 0, got {value!r}")
+
+
 class Rule:
-    """Base class of the rules. Subclasses are frozen dataclasses."""
+    """Base class of the rules. Subclasses are frozen dataclasses; their parameters are checked
+    at construction (``check_parameters``)."""
 
     #: the denominator's stabilizer
     stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        check_parameters(self)
 
     def groups(self) -> tuple[Group, ...]:
         """The rule as groups of terms (see the module docstring)."""

@@ -3,6 +3,7 @@ modified forwards (``lrpfx.rules.base``), interpreted by one recipe (``lrpfx.ops
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +45,7 @@ class Epsilon(Rule):
     scale: Literal["std"] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scale not in (None, "std"):
             raise ValueError(f"Epsilon scale must be None or 'std', got {self.scale!r}")
 
@@ -103,7 +105,8 @@ class AlphaBeta(Rule):
     ignore_bias: bool = False
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta < 0 or self.alpha - self.beta != 1:
+        super().__post_init__()
+        if self.alpha - self.beta != 1:
             raise ValueError(
                 f"AlphaBeta needs alpha, beta >= 0 and alpha - beta == 1, "
                 f"got alpha={self.alpha}, beta={self.beta}"
@@ -157,6 +160,18 @@ class ZBox(Rule):
     high: float | torch.Tensor
     stabilizer: float = 1e-6
     ignore_bias: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("low", "high"):
+            bound = getattr(self, name)
+            if isinstance(bound, bool) or not isinstance(bound, numbers.Real | torch.Tensor):
+                raise TypeError(f"ZBox {name} must be a number or a tensor, got "
+                                f"{type(bound).__name__} {bound!r}")
+            if not bool(torch.isfinite(torch.as_tensor(bound)).all()):
+                raise ValueError(f"ZBox {name} must be finite, got {bound!r}")
+        if not bool((torch.as_tensor(self.low) <= torch.as_tensor(self.high)).all()):
+            raise ValueError(f"ZBox needs low <= high, got low={self.low!r}, high={self.high!r}")
 
     def groups(self) -> tuple[Group, ...]:
         b = self.ignore_bias

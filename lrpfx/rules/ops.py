@@ -64,6 +64,7 @@ class Gating(Rule):
     share: Literal["signal", "gate", "uniform"] = "signal"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.share not in ("signal", "gate", "uniform"):
             raise ValueError(f"Gating share must be 'signal', 'gate' or 'uniform', "
                              f"got {self.share!r}")
