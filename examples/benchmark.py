@@ -14,7 +14,10 @@ Methods: ``forward`` (the model, no grad), ``gradient`` (input gradient of the t
 attributor with the same composite and its canonizers), ``captum`` (``captum.attr.LRP``: its
 rules come closest to the composite, but it has no flat rule, so its first conv uses z⁺, and it
 cannot follow skip connections or modules called twice: on ResNet-50 it runs and returns
-relevances of order 1e25, so it is timed on VGG only).
+relevances of order 1e25, so it is timed on VGG only), and for attention models (vit, swin,
+maxvit: lrpfx with ``AttnLRP`` and static shapes) ``gradient-frame``: AttnLRP as LXT computes it,
+input × a modified gradient by autograd on the eager model (``tests/gradient_frame.py``, one
+forward and one backward).
 The "Δ" column is max |R - R_lrpfx| / max |R_lrpfx|: the results are the same explanation.
 """
 
@@ -47,7 +50,9 @@ from torch import nn
 import lrpfx
 from lrpfx.composites import EpsilonGammaBox
 
-METHODS = ("forward", "gradient", "lrpfx", "lrpfx-compiled", "zennit", "captum")
+METHODS = ("forward", "gradient", "gradient-frame", "lrpfx", "lrpfx-compiled", "zennit",
+           "captum")
+ATTENTION = ("vit_", "swin_", "maxvit_")
 PEERS = {  # the peers that explain each model correctly
     "vgg16": ("zennit", "captum"), "vgg16_bn": ("zennit",), "resnet50": ("zennit",),
     "resnet18": ("zennit",), "tiny": ("zennit", "captum"),
@@ -154,6 +159,22 @@ def _captum(case: Case, model: nn.Module, x: torch.Tensor, target: torch.Tensor)
     return lambda: lrp.attribute(x, target=target).detach()
 
 
+def _gradient_frame(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Run:
+    """AttnLRP in the gradient frame (LXT's way): x × the modified gradient of the logit."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.gradient_frame import ModifiedGradient
+
+    frozen = copy.deepcopy(model).requires_grad_(False)
+
+    def run() -> torch.Tensor:
+        xg = x.detach().requires_grad_(True)
+        with ModifiedGradient(reads={}):  # one pass: no BatchNorm to fold in these models
+            logits = frozen(xg)
+        return xg.detach() * torch.autograd.grad(logits.gather(1, target[:, None]).sum(), xg)[0]
+
+    return run
+
+
 def _gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Run:
     def run() -> torch.Tensor:
         xg = x.detach().requires_grad_(True)
@@ -172,11 +193,17 @@ def make_run(method: str, case: Case, model: nn.Module, x: torch.Tensor, target:
         return forward
     if method == "gradient":
         return _gradient(model, x, target)
+    if method == "gradient-frame":
+        return _gradient_frame(model, x, target)
     if method in ("lrpfx", "lrpfx-compiled"):
-        rules = EpsilonGammaBox(*BOX) if case.composite == "epsilon-gamma-box" else case.composite
+        rules: Any = EpsilonGammaBox(*BOX) if case.composite == "epsilon-gamma-box" else (
+            case.composite)
+        options: dict[str, Any] = {}
+        if case.model.startswith(ATTENTION):
+            rules, options = "attn-lrp", {"example_inputs": x}
         explainer = lrpfx.compile(model, rules, maxpool="wta",
-                                  torch_compile=method == "lrpfx-compiled")
-        return lambda: explainer(x).relevance
+                                  torch_compile=method == "lrpfx-compiled", **options)
+        return lambda: explainer(x, target=target).relevance
     if method == "zennit":
         return _zennit(case, model, x, target, stack)
     if method == "captum":
@@ -185,6 +212,8 @@ def make_run(method: str, case: Case, model: nn.Module, x: torch.Tensor, target:
 
 
 def applicable(method: str, model: str) -> bool:
+    if method == "gradient-frame":
+        return model.startswith(ATTENTION)
     return method not in ("zennit", "captum") or method in PEERS.get(model, ())
 
 

@@ -8,7 +8,13 @@
 
 from lrpfx import composites, filters, heatmap, patterns, rules, targets
 from lrpfx.compiler import compile
-from lrpfx.errors import LrpfxError, ModelCheckError, TraceError, UnsupportedOperationError
+from lrpfx.errors import (
+    ExampleInputsNeededError,
+    LrpfxError,
+    ModelCheckError,
+    TraceError,
+    UnsupportedOperationError,
+)
 from lrpfx.explainer import Explainer, Explanation
 from lrpfx.ops import register
 from lrpfx.show import show
@@ -20,6 +26,7 @@ __all__ = [
     "ModelCheckError",
     "TraceError",
     "UnsupportedOperationError",
+    "ExampleInputsNeededError",
     "compile",
     "composites",
     "filters",

@@ -139,7 +139,7 @@ def _explain_batch(explainer: lrpfx.Explainer, batch: list[tuple[Path, torch.Ten
                    console: Console) -> None:
     x = torch.stack([t for _, t in batch]).to(args.device)
     target = _target(args.target)
-    out = explainer(x, target=target)
+    out = _explain_padded(explainer, x, target)
     explained = out.output.argmax(1) if target is None else torch.full((len(x),), target)
     pictures = _picture(x.cpu(), out.relevance.cpu(), args.style, args.cmap)
     for (path, _), picture, logits, k, r in zip(batch, pictures, out.output, explained,
@@ -152,13 +152,26 @@ def _explain_batch(explainer: lrpfx.Explainer, batch: list[tuple[Path, torch.Ten
         _say(console, line)
 
 
+def _explain_padded(explainer: lrpfx.Explainer, x: torch.Tensor,
+                    target: int | None) -> lrpfx.Explanation:
+    """``explainer(x)``; an explainer with static shapes gets the last, smaller batch padded
+    with zero images, whose explanations are dropped."""
+    shape = explainer.static_shape
+    if shape is None or len(x) == shape[0]:
+        return explainer(x, target=target)
+    padded = torch.cat([x, x.new_zeros(shape[0] - len(x), *x.shape[1:])])
+    out = explainer(padded, target=target)
+    return lrpfx.Explanation(out.output[:len(x)], out.relevance[:len(x)])
+
+
 def _check_target(target: int | None, explainer: lrpfx.Explainer,
                   args: argparse.Namespace) -> None:
     """An explicit ``--target`` must be one of the model's classes (one forward tells)."""
     if target is None:
         return
     with torch.no_grad():
-        x = torch.zeros(1, 3, args.size, args.size, device=args.device, dtype=torch.float32)
+        shape = explainer.static_shape or (1, 3, args.size, args.size)
+        x = torch.zeros(shape, device=args.device, dtype=torch.float32)
         classes = explainer.graph_module(x).shape[1]
     if not 0 <= target < classes:
         raise InputError(f"--target {target} is not a class of this model (0..{classes - 1})")
@@ -173,10 +186,18 @@ def _load(args: argparse.Namespace, console: Console, download: bool) -> LoadedM
     return loaded
 
 
-def _compile(args: argparse.Namespace, model: torch.nn.Module) -> lrpfx.Explainer:
-    """The explainer, in float32 as the images (the model itself is left as it is)."""
-    explainer = lrpfx.compile(model, composite_for(args.rules, args.top_k),
-                              maxpool=args.maxpool, strip_softmax=True)
+def _compile(args: argparse.Namespace, model: torch.nn.Module,
+             batch: int = 1) -> lrpfx.Explainer:
+    """The explainer, in float32 as the images (the model itself is left as it is). A model
+    that needs static shapes (Swin) is compiled for ``batch`` images of ``--size``."""
+    options = {"maxpool": args.maxpool, "strip_softmax": True}
+    composite = composite_for(args.rules, args.top_k)
+    try:
+        explainer = lrpfx.compile(model, composite, **options)  # type: ignore[arg-type]
+    except lrpfx.ExampleInputsNeededError:
+        example = torch.zeros(batch, 3, args.size, args.size)
+        explainer = lrpfx.compile(model, composite, example_inputs=example,
+                                  **options)  # type: ignore[arg-type]
     return explainer.float()
 
 
@@ -202,7 +223,8 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _check_input(explainer: lrpfx.Explainer, args: argparse.Namespace) -> None:
     """The model must take a batch of ``--size`` RGB images: checked once, before the work."""
-    x = torch.zeros(1, 3, args.size, args.size, device=args.device, dtype=torch.float32)
+    shape = explainer.static_shape or (1, 3, args.size, args.size)
+    x = torch.zeros(shape, device=args.device, dtype=torch.float32)
     try:
         guard.check_x(explainer.program, explainer.graph_module, x)
     except (TypeError, ValueError) as error:
@@ -223,7 +245,7 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
     if not images:
         raise InputError(f"no images in {', '.join(map(str, args.paths))}")
     loaded = _load(args, console, download=not args.no_download)
-    explainer = _compile(args, loaded.model).to(args.device)
+    explainer = _compile(args, loaded.model, args.batch_size).to(args.device)
     _check_input(explainer, args)
     _check_target(_target(args.target), explainer, args)
     names = _output_names(images, args.out)

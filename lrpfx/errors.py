@@ -25,6 +25,12 @@ class UnsupportedOperationError(LrpfxError):
         super().__init__(f"{len(lines)} node(s) cannot be explained:\n{listing}\n{hint}")
 
 
+class ExampleInputsNeededError(UnsupportedOperationError):
+    """The only nodes that cannot be explained are calls of functions wrapped with
+    ``torch.fx.wrap`` (Swin's ``shifted_window_attention``): compiling again with
+    ``example_inputs=`` traces through them with static shapes."""
+
+
 class NonFiniteError(LrpfxError, FloatingPointError):
     """An explanation came out with NaN or Inf although its inputs were finite.
 

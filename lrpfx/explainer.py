@@ -69,6 +69,15 @@ class Explainer(nn.Module):
         """The Python source of the generated program."""
         return self.program.code
 
+    @property
+    def static_shape(self) -> tuple[int, ...] | None:
+        """The only input shape this explainer takes when compiled with ``example_inputs``
+        (static shapes), else None."""
+        for node in self.graph_module.graph.find_nodes(op="placeholder"):
+            if meta.STATIC_SHAPE in node.meta:
+                return tuple(node.meta[meta.STATIC_SHAPE])
+        return None
+
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
         output_relevance: torch.Tensor | Callable[..., torch.Tensor] | None = None,

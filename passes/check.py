@@ -13,7 +13,7 @@ from torch import fx
 
 from lrpfx import meta
 from lrpfx.diagnostics import where as _where  # a node: spelling, module, source line
-from lrpfx.errors import UnsupportedOperationError
+from lrpfx.errors import ExampleInputsNeededError, UnsupportedOperationError
 from lrpfx.frontend import static
 from lrpfx.ops import table
 from lrpfx.ops.patterns import check_patterns
@@ -58,15 +58,15 @@ def _problem(node: fx.Node, modules: dict) -> str | None:
 def check(gm: fx.GraphModule) -> fx.GraphModule:
     """Raise one error listing every node that cannot be explained (see the module docstring)."""
     modules = dict(gm.named_modules())
-    problems = [
-        f"{_where(n)}: {p}"
-        for n in gm.graph.nodes
-        if n.meta.get(meta.CONE) and n.op not in ("placeholder", "get_attr")
-        and (p := _problem(n, modules)) is not None
-    ]
+    found = [(n, p) for n in gm.graph.nodes
+             if n.meta.get(meta.CONE) and n.op not in ("placeholder", "get_attr")
+             and (p := _problem(n, modules)) is not None]
+    problems = [f"{_where(n)}: {p}" for n, p in found]
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
     if outputs and not isinstance(outputs[0].args[0], fx.Node):
         problems.append("output: the model must return one tensor")
+    if found and len(found) == len(problems) and all(_wrapped_hint(n) for n, _ in found):
+        raise ExampleInputsNeededError(problems, HINT)  # static shapes would trace through
     if problems:
         raise UnsupportedOperationError(problems, HINT)
     check_patterns(gm)

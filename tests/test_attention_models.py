@@ -81,7 +81,7 @@ def test_attn_lrp_equals_input_times_modified_gradient(make):
 
 
 def test_swin_without_example_inputs_is_told_to_pass_them():
-    with pytest.raises(lrpfx.UnsupportedOperationError,
+    with pytest.raises(lrpfx.ExampleInputsNeededError,
                        match=r"shifted_window_attention.*wrapped with torch.fx.wrap.*"
                              r"pass example_inputs="):
         lrpfx.compile(_small_swin(), "attn-lrp")

@@ -198,3 +198,27 @@ def test_cuda_without_a_gpu_is_one_error(folder, factory):
     status, text = run("explain", folder, "--arch", factory, "--device", "cuda")
     assert status == 2
     assert text.strip() == "lrpfx: error: --device cuda: no CUDA device is available"
+
+
+SWIN = '''
+import torch, torchvision
+
+def swin():
+    torch.manual_seed(0)
+    return torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2], num_heads=[2], window_size=[4, 4],
+        num_classes=5)
+'''
+
+
+def test_a_model_that_needs_static_shapes_is_explained_in_padded_batches(folder, tmp_path):
+    """Swin is compiled for ``--batch-size`` images of ``--size``; the last batch (2 of 3
+    images) is padded with zero images, whose explanations are dropped."""
+    path = tmp_path / "swin_zoo.py"
+    path.write_text(SWIN)
+    out = tmp_path / "heatmaps"
+    status, text = run("explain", folder, "--arch", f"{path}:swin", "--size", 36, "--out", out,
+                       "--batch-size", 3)
+    assert status == 1 and "4 of 5 image(s) explained" in text  # broken.png fails, as above
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "img2.png",
+                                                     "red.png"]
