@@ -1,0 +1,7 @@
+"""Evaluation built in: perturbation faithfulness, the randomization sanity check, a
+ground-truth benchmark and a rule tuner (``lrpfx.evaluate``, ``lrpfx evaluate``, ``lrpfx tune``).
+"""
+
+from lrpfx.evaluation.evaluate import Evaluation, MethodResult, Protocol, evaluate
+
+__all__ = ["Evaluation", "MethodResult", "Protocol", "evaluate"]
