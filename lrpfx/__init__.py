@@ -6,9 +6,10 @@
 >>> print(explainer.code)                 # the generated relevance program
 """
 
-from lrpfx import composites, filters, heatmap, patterns, rules, targets
+from lrpfx import composites, evaluation, filters, heatmap, patterns, quantus, rules, targets
 from lrpfx.compiler import compile
 from lrpfx.errors import LrpfxError, ModelCheckError, TraceError, UnsupportedOperationError
+from lrpfx.evaluation import evaluate
 from lrpfx.explainer import Explainer, Explanation
 from lrpfx.ops import register
 from lrpfx.show import show
@@ -22,9 +23,12 @@ __all__ = [
     "UnsupportedOperationError",
     "compile",
     "composites",
+    "evaluate",
+    "evaluation",
     "filters",
     "heatmap",
     "patterns",
+    "quantus",
     "register",
     "rules",
     "show",
