@@ -2,6 +2,7 @@
 ground-truth benchmark and a rule tuner (``lrpfx.evaluate``, ``lrpfx evaluate``, ``lrpfx tune``).
 """
 
-from lrpfx.evaluation.evaluate import Evaluation, MethodResult, Protocol, evaluate
+from lrpfx.evaluation.evaluate import evaluate
+from lrpfx.evaluation.results import Evaluation, MethodResult, Protocol
 
 __all__ = ["Evaluation", "MethodResult", "Protocol", "evaluate"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -20,97 +20,11 @@ from lrpfx.evaluation import data as data_
 from lrpfx.evaluation import perturbation as pt
 from lrpfx.evaluation.imputers import Imputer, make_imputer
 from lrpfx.evaluation.methods import Method, RuleSpec, make_methods
-from lrpfx.evaluation.stats import Interval, Paired, auc, bootstrap, paired_test, pearson
+from lrpfx.evaluation.results import Evaluation, MethodResult, Protocol
+from lrpfx.evaluation.stats import paired_test, pearson
 
 Score = Literal["logit", "prob"]
 SCORES: tuple[Score, ...] = ("logit", "prob")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Everything that changes the numbers (written next to them)."""
-
-    patch: int
-    patches: int
-    steps: int
-    imputer: str
-    score: str
-    target: str
-    n: int
-    faithfulness_runs: int
-    faithfulness_size: int
-    seed: int
-    model: str
-    model_hash: str
-    lrpfx_version: str
-    input_shape: tuple[int, ...]
-
-
-@dataclass
-class MethodResult:
-    """One row: per-sample values (tensors of length N) and the curves ``(N, S + 1)`` by score,
-    normalised by the unperturbed score."""
-
-    name: str
-    reference: bool
-    morf: dict[str, torch.Tensor]
-    lerf: dict[str, torch.Tensor]
-    faithfulness: torch.Tensor
-    conservation: torch.Tensor | None
-    negative: torch.Tensor
-    ms: float
-    score: str = "logit"
-    interval: Interval = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.interval = bootstrap(self.abpc)
-
-    @property
-    def morf_auc(self) -> torch.Tensor:
-        return auc(self.morf[self.score])
-
-    @property
-    def lerf_auc(self) -> torch.Tensor:
-        return auc(self.lerf[self.score])
-
-    @property
-    def abpc(self) -> torch.Tensor:
-        """Area between the perturbation curves, LeRF − MoRF (SRG): higher is better."""
-        return self.lerf_auc - self.morf_auc
-
-    def summary(self) -> dict[str, Any]:
-        """The row's means (JSON-ready)."""
-        mean = lambda t: None if t is None else float(t.nanmean())  # noqa: E731
-        return {"name": self.name, "reference": self.reference,
-                "abpc": self.interval.mean, "abpc_low": self.interval.low,
-                "abpc_high": self.interval.high, "morf_auc": mean(self.morf_auc),
-                "lerf_auc": mean(self.lerf_auc), "faithfulness_correlation": mean(
-                    self.faithfulness), "conservation_error": mean(self.conservation),
-                "negative_fraction": mean(self.negative), "ms_per_explanation": self.ms}
-
-
-@dataclass
-class Evaluation:
-    """The result of :func:`evaluate`: the protocol, the rows sorted by the headline (ABPC,
-    best first) and the paired test between the first two (None with fewer than two rows)."""
-
-    protocol: Protocol
-    rows: list[MethodResult]
-    paired: Paired | None
-
-    def table(self) -> Any:
-        from lrpfx.evaluation.report import table
-
-        return table(self)
-
-    def save(self, folder: str | Any, stem: str = "evaluation") -> list[Any]:
-        """Write ``stem.json``, ``stem.csv`` and ``stem.png`` (the curves) into ``folder``."""
-        from lrpfx.evaluation.report import save
-
-        return save(self, folder, stem)
-
-    def protocol_dict(self) -> dict[str, Any]:
-        return asdict(self.protocol)
 
 
 def _progress(show: bool, console: Console | None) -> Progress | nullcontext[None]:

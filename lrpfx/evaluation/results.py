@@ -1,20 +1,110 @@
-"""How an evaluation is shown and kept: a rich table sorted by the headline, JSON with the
-protocol, the summaries and every curve, a long CSV of the curves, and a PNG of the mean
+"""The result of an evaluation and how it is shown and kept: the protocol, one row per method
+with its per-sample values and curves, a rich table sorted by the headline, Markdown, JSON with
+the protocol, the summaries and every curve, a long CSV of the curves, and a PNG of the mean
 curves."""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from rich.table import Table
 
 from lrpfx.evaluation.plot import Series, curves_png
+from lrpfx.evaluation.stats import Interval, Paired, auc, bootstrap
 
-if TYPE_CHECKING:
-    from lrpfx.evaluation.evaluate import Evaluation
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that changes the numbers (written next to them)."""
+
+    patch: int
+    patches: int
+    steps: int
+    imputer: str
+    score: str
+    target: str
+    n: int
+    faithfulness_runs: int
+    faithfulness_size: int
+    seed: int
+    model: str
+    model_hash: str
+    lrpfx_version: str
+    input_shape: tuple[int, ...]
+
+
+@dataclass
+class MethodResult:
+    """One row: per-sample values (tensors of length N) and the curves ``(N, S + 1)`` by score,
+    normalised by the unperturbed score."""
+
+    name: str
+    reference: bool
+    morf: dict[str, torch.Tensor]
+    lerf: dict[str, torch.Tensor]
+    faithfulness: torch.Tensor
+    conservation: torch.Tensor | None
+    negative: torch.Tensor
+    ms: float
+    score: str = "logit"
+    interval: Interval = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.interval = bootstrap(self.abpc)
+
+    @property
+    def morf_auc(self) -> torch.Tensor:
+        return auc(self.morf[self.score])
+
+    @property
+    def lerf_auc(self) -> torch.Tensor:
+        return auc(self.lerf[self.score])
+
+    @property
+    def abpc(self) -> torch.Tensor:
+        """Area between the perturbation curves, LeRF − MoRF (SRG): higher is better."""
+        return self.lerf_auc - self.morf_auc
+
+    def summary(self) -> dict[str, Any]:
+        """The row's means (JSON-ready)."""
+        mean = lambda t: None if t is None else float(t.nanmean())  # noqa: E731
+        return {"name": self.name, "reference": self.reference,
+                "abpc": self.interval.mean, "abpc_low": self.interval.low,
+                "abpc_high": self.interval.high, "morf_auc": mean(self.morf_auc),
+                "lerf_auc": mean(self.lerf_auc), "faithfulness_correlation": mean(
+                    self.faithfulness), "conservation_error": mean(self.conservation),
+                "negative_fraction": mean(self.negative), "ms_per_explanation": self.ms}
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`: the protocol, the rows sorted by the headline (ABPC,
+    best first) and the paired test between the first two (None with fewer than two rows)."""
+
+    protocol: Protocol
+    rows: list[MethodResult]
+    paired: Paired | None
+
+    def table(self) -> Table:
+        """The rich table (:func:`table`)."""
+        return table(self)
+
+    def markdown(self) -> str:
+        """The table as Markdown (:func:`markdown`)."""
+        return markdown(self)
+
+    def save(self, folder: str | Path, stem: str = "evaluation") -> list[Path]:
+        """Write ``stem.json``, ``stem.csv`` and ``stem.png`` (the curves) into ``folder``."""
+        return save(self, folder, stem)
+
+    def protocol_dict(self) -> dict[str, Any]:
+        return asdict(self.protocol)
+
 
 
 def title(evaluation: Evaluation) -> str:
