@@ -117,7 +117,8 @@ class GroundTruth:
                 f"a random attribution scores the box's share, {64 / self.size**2:.2f}")
 
     def markdown(self) -> str:
-        lines = [f"`{self.title()}`", "","| method | mass accuracy ↑ (95% CI) | rank accuracy ↑ (95% CI) |",
+        lines = [f"`{self.title()}`", "",
+                 "| method | mass accuracy ↑ (95% CI) | rank accuracy ↑ (95% CI) |",
                  "|---|---:|---:|"]
         lines += [f"| {name} | {m.mean:.3f} ({m.low:.3f}–{m.high:.3f}) | "
                   f"{r.mean:.3f} ({r.low:.3f}–{r.high:.3f}) |" for name, m, r in self.rows]
