@@ -6,7 +6,7 @@
 >>> print(explainer.code)                 # the generated relevance program
 """
 
-from lrpfx import composites, filters, heatmap, patterns, rules, targets
+from lrpfx import composites, evaluation, filters, heatmap, patterns, quantus, rules, targets
 from lrpfx.compiler import compile
 from lrpfx.errors import (
     ExampleInputsNeededError,
@@ -15,6 +15,7 @@ from lrpfx.errors import (
     TraceError,
     UnsupportedOperationError,
 )
+from lrpfx.evaluation import evaluate
 from lrpfx.explainer import Explainer, Explanation
 from lrpfx.ops import register
 from lrpfx.show import show
@@ -29,9 +30,12 @@ __all__ = [
     "ExampleInputsNeededError",
     "compile",
     "composites",
+    "evaluate",
+    "evaluation",
     "filters",
     "heatmap",
     "patterns",
+    "quantus",
     "register",
     "rules",
     "show",

@@ -4,6 +4,8 @@ digits demo.
     lrpfx explain photos/ --arch vgg16 --out heatmaps/      # one heatmap PNG per image
     lrpfx show --arch resnet50 --rules epsilon-plus-flat    # the annotated graph
     lrpfx demo                                              # the digits main job
+    lrpfx evaluate [photos/ --arch vgg16]                   # presets by faithfulness
+    lrpfx tune                                              # a rule per layer group
 
 Exit status: 0 when everything was explained, 1 when some images could not be, 2 for unusable
 arguments (a missing path, an unknown model, a weight file that does not fit).
@@ -25,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import lrpfx
 from lrpfx import composites, demo, filters, guard, heatmap
 from lrpfx.errors import LrpfxError
+from lrpfx.evaluation import command as evaluation_command
 from lrpfx.images import (
     IMAGE_SUFFIXES,
     IMAGENET_MEAN,
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     commands.add_parser("demo", help="run the digits demo (lrpfx.demo); further "
                         "options (--epochs, --out) go to it")
+    evaluation_command.add_parsers(commands)
     return parser
 
 
@@ -309,7 +313,9 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_command}
+COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_command,
+            "evaluate": evaluation_command.evaluate_command,
+            "tune": evaluation_command.tune_command}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
