@@ -209,7 +209,7 @@ def _gate_model():
     return Case(lambda m, h: torch.sigmoid(m.se(h)) * m.c2(h)).eval()
 
 
-@pytest.mark.parametrize("share", ["signal", "gate", "uniform"])
+@pytest.mark.parametrize("share", ["signal", "gate", "uniform", "Uniform"])
 def test_gating_conventions(share):
     """``sigmoid(se(h)) * c2(h)``: the relevance arriving at the product goes all to the signal,
     all to the gate, or half to each; compared through explicit output relevance on a model
@@ -231,14 +231,14 @@ def test_gating_conventions(share):
     net = Product().eval()
     R = torch.rand(2, 4, 4, 4)
     common = {Kind("conv"): rules.Epsilon(1e-9)}
-    got = lrpfx.compile(net, {**common, Kind("mul"): rules.Gating(share)})(
-        x, output_relevance=R).relevance
+    rule = rules.Uniform() if share == "Uniform" else rules.Gating(share)  # AttnLRP's name
+    got = lrpfx.compile(net, {**common, Kind("mul"): rule})(x, output_relevance=R).relevance
     as_signal = lrpfx.compile(nn.Sequential(model, signal).eval(), common)(
         x, output_relevance=R).relevance
     with torch.no_grad():  # the gate branch alone: its pre-sigmoid relevance passes the sigmoid
         as_gate = lrpfx.compile(nn.Sequential(model, gate, nn.Sigmoid()).eval(), common)(
             x, output_relevance=R).relevance
-    expected = {"signal": as_signal, "gate": as_gate, "uniform": (as_signal + as_gate) / 2}[share]
+    expected = {"signal": as_signal, "gate": as_gate}.get(share, (as_signal + as_gate) / 2)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 

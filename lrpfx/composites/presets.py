@@ -26,6 +26,7 @@ from lrpfx.rules import (
     Rule,
     SoftmaxTaylor,
     Stop,
+    Uniform,
     ZBox,
     ZPlus,
 )
@@ -182,7 +183,7 @@ class AttnLRP(Composite):
     def __init__(self, epsilon: float = 1e-6, rules: UserRules = None) -> None:
         super().__init__(rules, [
             (Kind("softmax"), SoftmaxTaylor()),
-            (Kind("mul"), Gating("uniform")),
+            (Kind("mul"), Uniform()),
             *base_entries(epsilon),
             (Kind("conv", "dense", "matmul"), Epsilon(epsilon)),
         ])

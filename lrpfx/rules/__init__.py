@@ -27,7 +27,7 @@ from lrpfx.rules.base import (
     gamma_mod,
 )
 from lrpfx.rules.linear import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
-from lrpfx.rules.ops import Gating, Gradient, LNRule, Pass, SoftmaxTaylor, Stop
+from lrpfx.rules.ops import Gating, Gradient, LNRule, Pass, SoftmaxTaylor, Stop, Uniform
 from lrpfx.rules.patterns import PatternAttribution, PatternNet
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Flat",
     "Gamma",
     "Gating",
+    "Uniform",
     "Gradient",
     "Group",
     "IDENTITY",

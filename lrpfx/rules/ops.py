@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from lrpfx.rules.base import Rule
@@ -75,6 +75,16 @@ class Gating(Rule):
             return 0.5, 0.5
         to_gate = self.share == "gate"
         return (1.0, 0.0) if a_is_gate == to_gate else (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Uniform(Gating):
+    """AttnLRP's uniform rule for a product of two tensors computed from the input (Achtibat
+    et al. 2024, Prop. 3.2): each factor gets half of the relevance, gate or not
+    (``Gating("uniform")`` by its own name)."""
+
+    share: Literal["signal", "gate", "uniform"] = field(default="uniform", init=False,
+                                                          repr=False)
 
 
 @dataclass(frozen=True)
