@@ -151,7 +151,7 @@ class Explainer(nn.Module):
 
 # the op families counted in the summary, in this order
 SUMMARY_KINDS = (OpKind.CONV, OpKind.DENSE, OpKind.BATCHNORM, OpKind.MAXPOOL, OpKind.AVGPOOL,
-                 OpKind.ADD)
+                 OpKind.ADD, OpKind.LAYERNORM, OpKind.MATMUL, OpKind.SOFTMAX)
 
 
 def summary(graph_module: fx.GraphModule, program: fx.GraphModule, composite: object) -> str:

@@ -150,12 +150,17 @@ def table(explainer: Compiled, example: torch.Tensor | None = None) -> Table:
     """The rich table of ``lrpfx.show``: node, op, rule, shape, notes."""
     if example is not None:
         shapes(explainer, example)
-    nodes = [n for n in explainer.graph_module.graph.nodes if n.op not in ("get_attr", "output")]
+    every = [n for n in explainer.graph_module.graph.nodes if n.op not in ("get_attr", "output")]
+    nodes = [n for n in every if n.op == "placeholder" or n.meta.get(meta.CARRIES)
+             or n.meta.get(meta.RULE) is not None]  # not: shape arithmetic, asserts, masks
     with_shapes = any(_shape(n) for n in nodes)
+    hidden = len(every) - len(nodes)
     t = Table(title=summary(explainer), title_justify="left", box=box.SIMPLE_HEAD,
-              pad_edge=False, title_style="bold")
-    t.add_column("node", overflow="fold", style="cyan", max_width=24)
-    t.add_column("op", overflow="fold", max_width=13)
+              pad_edge=False, title_style="bold",
+              caption=f"{hidden} node(s) on shapes and constants only, without relevance, "
+                      "not listed" if hidden else None, caption_justify="left")
+    t.add_column("node", overflow="fold", style="cyan", max_width=44)
+    t.add_column("op", overflow="fold", max_width=16)
     t.add_column("rule", overflow="fold", style="green", min_width=16, ratio=2)
     if with_shapes:
         t.add_column("shape", no_wrap=True, style="dim")
