@@ -95,3 +95,11 @@ def test_compile_scaling_prints_the_table_and_explains_a_deep_chain(capsys):
     assert "t(2N)/t(N)" in printed and "  20 │" in printed
     error = float(printed.split("against the logit:")[1].split()[0])
     assert error < 1e-8  # 400 residual adds, LRP-0 in float64: conserved
+
+
+def test_a_vision_transformer_on_the_digits_explained_by_the_attention_presets(tmp_path):
+    out = tmp_path / "vit.png"
+    result = example("digits_vit")["main"](["--epochs", "1", "--out", str(out)])
+    assert set(result) == {"accuracy", "attn-lrp", "attn-lrp-gamma", "cp-lrp"}
+    picture = load_image(out)
+    assert picture.shape[1] == 4 * 66 + 2  # the digits and three rows of heatmaps, 64 px each
