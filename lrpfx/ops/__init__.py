@@ -4,10 +4,12 @@ op family (each declares its ops' facts with ``defop`` and their rows with ``rel
 from lrpfx.ops import (
     activations,
     arithmetic,
+    attention,
     bilinear,
     layernorm,
     layers,
     maxpool,
+    norms,
     patterns,
     routing,
     softmax,
@@ -15,6 +17,6 @@ from lrpfx.ops import (
 )
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
-__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "bilinear", "defop",
-           "layernorm", "layers", "maxpool", "patterns", "register", "relevance", "routing",
-           "softmax", "spell", "where"]
+__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "attention",
+           "bilinear", "defop", "layernorm", "layers", "maxpool", "norms", "patterns", "register",
+           "relevance", "routing", "softmax", "spell", "where"]

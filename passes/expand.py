@@ -1,0 +1,71 @@
+"""expand: a fused op becomes the canonical ops it computes, so each takes its own rule.
+
+Before: a normalized graph.
+After:  every ``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)``
+is ``matmul(softmax(attention_mask(matmul(attention_scale(q), transpose(k, -2, -1)), mask), -1),
+v)``, with ``attention_mask`` (a float mask added, a boolean one, the causal mask of
+``is_causal`` included, selecting) only where there is a mask (``lrpfx.ops.attention``). The
+new nodes keep the fused node's module path, spelling and source line. Dropout is an identity
+at eval time; grouped-query attention (``enable_gqa=True``) is left as it is and marked
+unsupported.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from lrpfx import kernels, meta
+
+
+def _arguments(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: Any = 0.0,
+               is_causal: Any = False, scale: Any = None, enable_gqa: Any = False
+               ) -> dict[str, Any]:
+    return {"q": q, "k": k, "v": v, "mask": attn_mask, "causal": is_causal, "scale": scale,
+            "gqa": enable_gqa}
+
+
+def _attention(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
+    """The expanded attention of ``node`` (inserted before it), or None when refused."""
+    a = _arguments(*node.args, **node.kwargs)
+    if a["gqa"] is not False:
+        node.meta[meta.UNSUPPORTED] = ("scaled_dot_product_attention with enable_gqa=True; "
+                                       "repeat the keys and values over the heads instead")
+        return None
+    with graph.inserting_before(node):
+        q = graph.call_function(kernels.attention_scale, (a["q"], a["scale"]))
+        kt = graph.call_function(torch.transpose, (a["k"], -2, -1))
+        logits = graph.call_function(operator.matmul, (q, kt))
+        new = [q, kt, logits]
+        masks = [a["mask"]] if a["mask"] is not None else []
+        if a["causal"]:
+            masks.append(graph.call_function(kernels.causal_mask, (a["q"], a["k"])))
+            new.append(masks[-1])
+        for mask in masks:
+            logits = graph.call_function(kernels.attention_mask, (logits, mask))
+            new.append(logits)
+        weights = graph.call_function(F.softmax, (logits, -1))
+        out = graph.call_function(operator.matmul, (weights, a["v"]))
+    for n in (*new, weights, out):
+        n.meta = {k: v for k, v in node.meta.items() if k != "val"}
+    return out
+
+
+def expand(gm: fx.GraphModule) -> fx.GraphModule:
+    """Write out every fused op (see the module docstring)."""
+    changed = False
+    for node in list(gm.graph.find_nodes(op="call_function",
+                                          target=F.scaled_dot_product_attention)):
+        out = _attention(gm.graph, node)
+        if out is not None:
+            node.replace_all_uses_with(out)
+            gm.graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
