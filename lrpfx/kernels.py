@@ -4,6 +4,8 @@ calls, declared with ``lrpfx.runtime.kernel`` like the others."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lrpfx.runtime import kernel
@@ -70,3 +72,58 @@ def mask_share(r: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mask: tor
     if mask.dtype == torch.bool:
         return torch.where(mask, r, 0.0)
     return logits * finite_ratio(r, z, epsilon)
+
+
+_UPSAMPLE = {("nearest", 1): "upsample_nearest1d", ("nearest", 2): "upsample_nearest2d",
+             ("nearest", 3): "upsample_nearest3d",
+             ("nearest-exact", 1): "_upsample_nearest_exact1d",
+             ("nearest-exact", 2): "_upsample_nearest_exact2d",
+             ("nearest-exact", 3): "_upsample_nearest_exact3d",
+             ("linear", 1): "upsample_linear1d", ("bilinear", 2): "upsample_bilinear2d",
+             ("bicubic", 2): "upsample_bicubic2d", ("trilinear", 3): "upsample_trilinear3d"}
+
+
+@kernel(fresh=True)
+def interpolate_transpose(r: torch.Tensor, x: torch.Tensor, scale_factor: Any, mode: str,
+                          align_corners: bool | None, recompute_scale_factor: bool | None
+                          ) -> torch.Tensor:
+    """The transpose of ``F.interpolate(·, ..., mode)`` (linear in its input) applied to ``r``
+    (shaped like its output), shaped like ``x``."""
+    n = x.dim() - 2
+    backward = getattr(torch.ops.aten, f"{_UPSAMPLE[mode, n]}_backward")
+    scales: list[float | None] = [None] * n
+    if scale_factor is not None and not recompute_scale_factor:
+        factors = scale_factor if isinstance(scale_factor, (tuple, list)) else [scale_factor] * n
+        scales = [float(f) for f in factors]
+    args: list[Any] = [r, list(r.shape[2:]), list(x.shape)]
+    if "nearest" not in mode:
+        args.append(bool(align_corners))
+    return backward(*args, *scales)
+
+
+@kernel(fresh=True)
+def unfold_transpose(r: torch.Tensor, x: torch.Tensor, dimension: int, size: int, step: int
+                     ) -> torch.Tensor:
+    """The transpose of ``x.unfold(dimension, size, step)``: each window back in place, the
+    copies of an element added up."""
+    return torch.ops.aten.unfold_backward(r, list(x.shape), dimension, size, step)
+
+
+@kernel(fresh=True)
+def amax_transpose(r: torch.Tensor, x: torch.Tensor, out: torch.Tensor, dim: Any,
+                   keepdim: bool) -> torch.Tensor:
+    """The winner-takes-all transpose of ``amax(x, dim, keepdim)``: each maximum's relevance to
+    the entries that reach it, shared equally between ties."""
+    dims = [d % x.dim() for d in ([dim] if isinstance(dim, int) else dim or range(x.dim()))]
+    if not keepdim:
+        for d in sorted(dims):
+            out, r = out.unsqueeze(d), r.unsqueeze(d)
+    winners = (x == out).to(r.dtype)
+    return winners * (r / winners.sum(dims, keepdim=True))
+
+
+@kernel(fresh=True)
+def im2col_transpose(r: torch.Tensor, x: torch.Tensor, kernel_size: Any, dilation: Any,
+                     padding: Any, stride: Any) -> torch.Tensor:
+    """The transpose of ``F.unfold(x, ...)`` (im2col): ``F.fold`` back to ``x``'s shape."""
+    return torch.nn.functional.fold(r, tuple(x.shape[-2:]), kernel_size, dilation, padding, stride)

@@ -11,12 +11,14 @@ from lrpfx.ops import (
     maxpool,
     norms,
     patterns,
+    resample,
     routing,
     softmax,
+    statistics,
     where,
 )
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
 __all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "attention",
            "bilinear", "defop", "layernorm", "layers", "maxpool", "norms", "patterns", "register",
-           "relevance", "routing", "softmax", "spell", "where"]
+           "relevance", "resample", "routing", "softmax", "spell", "statistics", "where"]
