@@ -159,3 +159,11 @@ def test_optional_arguments_at_their_defaults_are_not_inputs():
     torch.testing.assert_close(static(x).output, model(x))
     fixed = lrpfx.compile(model, "epsilon", concrete_args={"is_causal": True})
     torch.testing.assert_close(fixed(x).output, -model(x))
+
+
+def test_an_unsupported_call_inside_a_submodule_names_the_module():
+    model = nn.Sequential(nn.ReLU(), BatchNormAct(conv=True, training=True)).eval()
+    with pytest.raises(lrpfx.UnsupportedOperationError) as info:
+        lrpfx.compile(model)
+    assert "batch_norm (F.batch_norm, in module '1' (BatchNormAct)) at File" in str(info.value)
+    assert "batch statistics" in str(info.value)

@@ -157,3 +157,12 @@ def test_pad_modules_are_f_pad(pad):
     got, R = _explain(pad.eval(), x, composites.EpsilonOnly())
     left, right, top, bottom = pad.padding
     _check(got, R[:, :, top:R.shape[2] - bottom, left:R.shape[3] - right])
+
+
+def test_pad_by_amounts_computed_from_the_shape():
+    """timm pads to a multiple of a window size: ``(-w) % 4`` of the traced shape (a node)."""
+    layer = Fn(lambda v: F.pad(v, (0, (-v.shape[-1]) % 4, 0, (-v.shape[-2]) % 4))).eval()
+    x = torch.randn(2, 2, 3, 5)
+    got, R = _explain(layer, x, composites.EpsilonOnly())
+    assert R.shape == (2, 2, 4, 8)
+    _check(got, R[:, :, :3, :5])

@@ -204,4 +204,4 @@ def _expand(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contrib
 def _pad(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     x, pad = node.args[:2]
     assert isinstance(x, fx.Node)
-    return [(x, b.call(rt.pad_transpose, rel, pad, name=f"r_{b.name(node)}"))]
+    return [(x, b.call(rt.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
