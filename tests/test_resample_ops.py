@@ -166,3 +166,19 @@ def test_pad_by_amounts_computed_from_the_shape():
     got, R = _explain(layer, x, composites.EpsilonOnly())
     assert R.shape == (2, 2, 4, 8)
     _check(got, R[:, :, :3, :5])
+
+
+@pytest.mark.parametrize("shape", ["shape", "size"])
+def test_expand_and_view_to_a_traced_shape(shape):
+    """timm's EvoNorm: ``std.expand(x.shape)``; ``view(x.size())``."""
+    def fn(v):
+        s = v.shape if shape == "shape" else v.size()
+        return v.sum(1, keepdim=True).expand(s).view(s) + v
+
+    layer = Fn(fn).eval()
+    x = torch.randn(2, 3, 4)
+    got, R = _explain(layer, x, composites.EpsilonOnly(1e-12, stabilizer=1e-12))
+    W, b = dense.as_matrix(layer, x.shape[1:])  # layer-wise ε equals the map's, up to ε
+    for i in range(2):
+        _check(got[i].flatten(), dense.epsilon(W, b, x[i].flatten(), R[i].flatten(), 1e-12),
+               rtol=1e-8)

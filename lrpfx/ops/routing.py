@@ -53,9 +53,19 @@ defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new
       "new_ones", "new_empty", "new_full", kind=OpKind.SHAPE, constant=True)
 
 
-def _dims(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``view(2, 3)`` and ``view((2, 3))`` both mean the shape ``(2, 3)``."""
+def _dims(args: tuple[Any, ...]) -> Any:
+    """``view(2, 3)`` and ``view((2, 3))`` both mean the shape ``(2, 3)``; ``expand(x.shape)``
+    means the traced shape itself."""
+    if len(args) == 1 and _whole_shape(args[0]):
+        return args[0]
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+def _whole_shape(arg: Any) -> bool:
+    """Whether ``arg`` is a traced ``x.shape`` or ``x.size()`` (a whole ``torch.Size``)."""
+    return isinstance(arg, fx.Node) and (
+        arg.op == "call_function" and arg.target is getattr and arg.args[1] == "shape"
+        or arg.op == "call_method" and arg.target == "size" and len(arg.args) == 1)
 
 
 def _with_dim(fn: Callable[..., Any], default: Any = 0) -> Callable[..., Converted]:
