@@ -63,7 +63,7 @@ def _dims(args: tuple[Any, ...]) -> Any:
 
 def _whole_shape(arg: Any) -> bool:
     """Whether ``arg`` is a traced ``x.shape`` or ``x.size()`` (a whole ``torch.Size``)."""
-    return isinstance(arg, fx.Node) and (
+    return isinstance(arg, fx.Node) and bool(
         arg.op == "call_function" and arg.target is getattr and arg.args[1] == "shape"
         or arg.op == "call_method" and arg.target == "size" and len(arg.args) == 1)
 
