@@ -182,3 +182,11 @@ def test_expand_and_view_to_a_traced_shape(shape):
     for i in range(2):
         _check(got[i].flatten(), dense.epsilon(W, b, x[i].flatten(), R[i].flatten(), 1e-12),
                rtol=1e-8)
+
+
+def test_reshape_to_a_shape_computed_from_the_traced_shape():
+    """timm's MaxViT: ``x.reshape(restore_shape + (-1,))`` with ``restore_shape = x.shape[:-1]``."""
+    layer = Fn(lambda v: (v.transpose(1, 2) * 3).reshape(v.shape[:-1] + (-1,))).eval()
+    x = torch.randn(2, 3, 4)
+    got, R = _explain(layer, x, composites.EpsilonOnly())
+    _check(got, R.reshape(2, 4, 3).transpose(1, 2))

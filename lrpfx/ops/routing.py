@@ -62,10 +62,20 @@ def _dims(args: tuple[Any, ...]) -> Any:
 
 
 def _whole_shape(arg: Any) -> bool:
-    """Whether ``arg`` is a traced ``x.shape`` or ``x.size()`` (a whole ``torch.Size``)."""
-    return isinstance(arg, fx.Node) and bool(
-        arg.op == "call_function" and arg.target is getattr and arg.args[1] == "shape"
-        or arg.op == "call_method" and arg.target == "size" and len(arg.args) == 1)
+    """Whether ``arg`` is a traced whole ``torch.Size``: ``x.shape``, ``x.size()``, a slice of
+    one (``x.shape[:-1]``) or one joined to a tuple (``x.shape[:-1] + (-1,)``)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method":
+        return bool(arg.target == "size" and len(arg.args) == 1)
+    if arg.target is getattr:
+        return bool(arg.args[1] == "shape")
+    if arg.target is operator.getitem:
+        return isinstance(arg.args[1], slice) and _whole_shape(arg.args[0])
+    if arg.target is operator.add:
+        return any(_whole_shape(a) for a in arg.args) and all(
+            _whole_shape(a) or isinstance(a, tuple) for a in arg.args)
+    return False
 
 
 def _with_dim(fn: Callable[..., Any], default: Any = 0) -> Callable[..., Converted]:
