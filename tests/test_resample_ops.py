@@ -190,3 +190,17 @@ def test_reshape_to_a_shape_computed_from_the_traced_shape():
     x = torch.randn(2, 3, 4)
     got, R = _explain(layer, x, composites.EpsilonOnly())
     _check(got, R.reshape(2, 4, 3).transpose(1, 2))
+
+
+def test_division_by_a_sum_of_the_numerator_is_a_scale():
+    """ConViT: ``attn /= attn.sum(-1).unsqueeze(-1)``: the normalizer held constant, so the
+    relevance passes; a divisor computed otherwise from the input is refused."""
+    def renormalize(v):
+        a = v.sigmoid()
+        a /= a.sum(dim=-1).unsqueeze(-1) + 1e-6
+        return a
+
+    got, R = _explain(Fn(renormalize).eval(), torch.randn(2, 3, 4), composites.EpsilonOnly())
+    _check(got, R)
+    with pytest.raises(lrpfx.UnsupportedOperationError, match="division by a tensor"):
+        lrpfx.compile(Fn(lambda v: v / v.relu().sum(-1, keepdim=True)).eval(), "epsilon")
