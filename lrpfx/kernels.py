@@ -127,3 +127,9 @@ def im2col_transpose(r: torch.Tensor, x: torch.Tensor, kernel_size: Any, dilatio
                      padding: Any, stride: Any) -> torch.Tensor:
     """The transpose of ``F.unfold(x, ...)`` (im2col): ``F.fold`` back to ``x``'s shape."""
     return torch.nn.functional.fold(r, tuple(x.shape[-2:]), kernel_size, dilation, padding, stride)
+
+
+@kernel(fresh=True)
+def mean_square(x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
+    """``mean(x², dim, keepdim)``: the square of an RMS norm's normalizer."""
+    return x.square().mean(dim, keepdim)

@@ -8,6 +8,10 @@ v)``, with ``attention_mask`` (a float mask added, a boolean one, the causal mas
 new nodes keep the fused node's module path, spelling and source line. Dropout is an identity
 at eval time; grouped-query attention (``enable_gqa=True``) is left as it is and marked
 unsupported.
+
+Likewise a mean of squares written by hand (``x.pow(2).mean(d)``, ``torch.mean(x ** 2, d)``,
+``x.square().mean(d)``, as timm's RMSNorm fallbacks write it) whose squares nothing else reads is
+one ``mean_square(x, d, keepdim)``: a statistic, held constant (``lrpfx.ops.statistics``).
 """
 
 from __future__ import annotations
@@ -55,9 +59,39 @@ def _attention(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
     return out
 
 
+def _square_of(node: fx.Node) -> Any:
+    """``x`` when ``node`` is ``x ** 2`` (in any spelling) read by means only, else None."""
+    if not all(u.op == "call_function" and u.target is torch.mean for u in node.users):
+        return None
+    if node.op == "call_method" and node.target == "square" and len(node.args) == 1:
+        return node.args[0]
+    power = (node.op == "call_method" and node.target == "pow"
+             or node.op == "call_function" and node.target in (operator.pow, torch.pow))
+    return node.args[0] if power and node.args[1:] == (2,) and not node.kwargs else None
+
+
+def _mean_squares(graph: fx.Graph) -> bool:
+    """Every ``mean(x ** 2, d, keepdim)`` as ``mean_square(x, d, keepdim)``."""
+    changed = False
+    for node in list(graph.find_nodes(op="call_function", target=torch.mean)):
+        square = node.args[0]
+        x = _square_of(square) if isinstance(square, fx.Node) else None
+        if not isinstance(x, fx.Node) or node.kwargs:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(kernels.mean_square, (x, *node.args[1:]))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        if not square.users:  # type: ignore[union-attr]
+            graph.erase_node(square)  # type: ignore[arg-type]
+        changed = True
+    return changed
+
+
 def expand(gm: fx.GraphModule) -> fx.GraphModule:
     """Write out every fused op (see the module docstring)."""
-    changed = False
+    changed = _mean_squares(gm.graph)
     for node in list(gm.graph.find_nodes(op="call_function",
                                           target=F.scaled_dot_product_attention)):
         out = _attention(gm.graph, node)

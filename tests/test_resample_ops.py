@@ -204,3 +204,17 @@ def test_division_by_a_sum_of_the_numerator_is_a_scale():
     _check(got, R)
     with pytest.raises(lrpfx.UnsupportedOperationError, match="division by a tensor"):
         lrpfx.compile(Fn(lambda v: v / v.relu().sum(-1, keepdim=True)).eval(), "epsilon")
+
+
+@pytest.mark.parametrize("square", ["pow", "operator", "square"])
+def test_rms_norm_written_by_hand_is_the_scale_rule(square):
+    """timm's ``rms_norm2d``: ``x * rsqrt(mean(x²) + eps) * w``: the normalizer held constant,
+    as ``F.rms_norm`` (AttnLRP's identity rule): relevance passes elementwise."""
+    def rms(v):
+        sq = {"pow": lambda t: t.pow(2), "operator": lambda t: t ** 2,
+              "square": lambda t: t.square()}[square](v)
+        return v * torch.rsqrt(torch.mean(sq, dim=1, keepdim=True) + 1e-5) * 1.5
+
+    x = torch.randn(2, 4, 3)
+    got, R = _explain(Fn(rms).eval(), x, composites.EpsilonOnly())
+    _check(got, R)

@@ -1,15 +1,16 @@
 """Norms written by hand, and ``addcmul``.
 
 A normalizer computed in ``forward`` (``x.var()``, ``torch.var_mean``, ``x.std()``,
-``x.norm()``, ``torch.linalg.vector_norm``), as timm's ``LayerNorm2d`` fallbacks, EvoNorm and
-``GlobalResponseNorm`` write it, is a *statistic* of the input: it is computed in the forward
-and held constant in the backward (the op table's ``statistic`` fact: it carries no relevance),
-as the LN-rule holds σ constant (Ali et al. 2022). What is computed from it alone (``rsqrt(var +
-eps)``, ``x_g / x_g.mean()``) carries none either, so ``x * rsqrt(var + eps)`` is a product with
-a constant factor (relevance passes to ``x``) and ``x / std`` a division by a constant. The
-centering ``x - mean(x)`` stays a difference of two tensors that carry relevance: with the Norm
-rule and the mean's transpose it gives ``R_i = x_i (s_i − mean(s))``, the LN-rule's centering.
-``torch.var_mean``'s mean is held constant with its variance (a bias-like shift).
+``x.norm()``, ``torch.linalg.vector_norm``, a mean of squares: ``passes.expand``), as timm's
+``LayerNorm2d`` and RMSNorm fallbacks, EvoNorm and ``GlobalResponseNorm`` write it, is a
+*statistic* of the input: it is computed in the forward and held constant in the backward (the
+op table's ``statistic`` fact: it carries no relevance), as the LN-rule holds σ constant (Ali et
+al. 2022). What is computed from it alone (``rsqrt(var + eps)``, ``x_g / x_g.mean()``) carries
+none either, so ``x * rsqrt(var + eps)`` is a product with a constant factor (relevance passes
+to ``x``) and ``x / std`` a division by a constant. The centering ``x - mean(x)`` stays a
+difference of two tensors that carry relevance: with the Norm rule and the mean's transpose it
+gives ``R_i = x_i (s_i − mean(s))``, the LN-rule's centering. ``torch.var_mean``'s mean is held
+constant with its variance (a bias-like shift).
 
 ``addcmul(c, a, u, value=v) = c + v · a ⊙ u``: a sum (Norm/ε) of ``c`` and the product, whose
 relevance goes to its one factor that carries relevance (a product with a constant factor);
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from lrpfx import kernels
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.ops.table import (
@@ -40,7 +42,8 @@ from lrpfx.ops.table import (
 from lrpfx.rules import Epsilon, Norm
 
 defop(torch.var, "var", torch.std, "std", torch.var_mean, torch.std_mean, torch.norm, "norm",
-      torch.linalg.vector_norm, torch.linalg.norm, kind=OpKind.LAYERNORM, statistic=True)
+      torch.linalg.vector_norm, torch.linalg.norm, kernels.mean_square, kind=OpKind.LAYERNORM,
+      statistic=True)
 
 defop(torch.addcmul, kind=OpKind.ADD)
 spell(torch.addcmul, "addcmul",
