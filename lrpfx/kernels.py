@@ -133,3 +133,13 @@ def im2col_transpose(r: torch.Tensor, x: torch.Tensor, kernel_size: Any, dilatio
 def mean_square(x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
     """``mean(x², dim, keepdim)``: the square of an RMS norm's normalizer."""
     return x.square().mean(dim, keepdim)
+
+
+@kernel(fresh=True)
+def repeat_interleave_transpose(r: torch.Tensor, x: torch.Tensor, repeats: int,
+                                dim: int | None) -> torch.Tensor:
+    """The transpose of ``x.repeat_interleave(repeats, dim)``: the copies of each entry added."""
+    if dim is None:
+        return r.reshape(-1, repeats).sum(1).reshape(x.shape)
+    d = dim % x.dim()
+    return r.reshape(*x.shape[:d], x.shape[d], repeats, *x.shape[d + 1:]).sum(d + 1)

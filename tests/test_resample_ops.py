@@ -218,3 +218,14 @@ def test_rms_norm_written_by_hand_is_the_scale_rule(square):
     x = torch.randn(2, 4, 3)
     got, R = _explain(Fn(rms).eval(), x, composites.EpsilonOnly())
     _check(got, R)
+
+
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_repeat_interleave_adds_the_copies_up(dim):
+    """GCViT: ``q_global.repeat_interleave(B // B_, dim=0)`` (a number computed from shapes)."""
+    layer = Fn(lambda v: (v * 2).repeat_interleave(v.shape[0] // 1 + 1, dim=dim)).eval()
+    x = torch.randn(2, 3, 2)
+    got, R = _explain(layer, x, composites.EpsilonOnly())
+    copies = torch.arange(x.numel()).reshape(x.shape).repeat_interleave(3, dim=dim)
+    expected = torch.zeros(x.numel()).index_add_(0, copies.flatten(), R.flatten())
+    _check(got, expected.reshape(x.shape))

@@ -7,6 +7,7 @@
   transposed interpolation ``T``. ``antialias`` and ``mode='area'`` are refused.
 - ``F.unfold`` / ``nn.Unfold`` (im2col) and ``Tensor.unfold`` (sliding windows) copy each entry
   into the windows that hold it: routing, ``R_in = fold(R)`` (copies added up).
+- ``repeat_interleave(x, n, dim)`` with a number ``n``: copies, added up at their source.
 - ``reshape_as`` / ``view_as``: a reshape; ``nn.ZeroPad*d`` / ``nn.ConstantPad*d``: ``F.pad``.
 - ``amax(x, dim)``: winner takes all (as a max-pool in ``"wta"`` mode): each maximum's
   relevance goes to the entries equal to it, shared equally between ties.
@@ -106,6 +107,32 @@ def _windows(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contri
     """``x.unfold(d, size, step)``: each window back in place, the copies added up."""
     x = node.args[0]
     return [(x, b.call(kernels.unfold_transpose, rel, b[x], *b.map(node.args[1:]),  # type: ignore[list-item]
+                       name=f"r_{b.name(node)}"))]
+
+
+def _bind_repeat(repeats: Any, dim: Any = None, *, output_size: Any = None) -> Converted:
+    if isinstance(repeats, (torch.Tensor, fx.Node)) and not _number(repeats):
+        return Unsupported("repeat_interleave with a tensor of repeats; give one number")
+    return Call(torch.repeat_interleave, (repeats, dim))
+
+
+def _number(arg: Any) -> bool:
+    """Whether a traced argument is Python integer arithmetic (``B // B_``), not a tensor."""
+    return isinstance(arg, fx.Node) and (
+        arg.op == "call_method" and arg.target in ("size", "numel", "dim")
+        or arg.op == "call_function" and getattr(arg.target, "__module__", "") == "_operator"
+        and all(_number(a) for a in arg.all_input_nodes) or arg.target is getattr)
+
+
+defop(torch.repeat_interleave, kind=OpKind.ROUTING, routes=True, keeps_nonneg=True)
+spell(torch.repeat_interleave, "repeat_interleave", bind=_bind_repeat)
+
+
+@relevance(torch.repeat_interleave)
+def _repeats(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+    """Copies: each entry's relevance is the sum of its copies'."""
+    x, repeats, dim = node.args
+    return [(x, b.call(kernels.repeat_interleave_transpose, rel, b[x], b.map(repeats), dim,  # type: ignore[list-item]
                        name=f"r_{b.name(node)}"))]
 
 
