@@ -57,12 +57,23 @@ def _module(node: fx.Node) -> str:
     return f", module {path!r}" if path else ""
 
 
+def _within(node: fx.Node) -> str:
+    """``, in module 'blocks.0.attn' (Attention)`` for a function called inside a submodule's
+    forward (the innermost module being traced, fx's ``nn_module_stack``), else nothing."""
+    stack = node.meta.get("nn_module_stack")
+    if node.meta.get(meta.PATH) or not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    return f", in module {path!r} ({getattr(cls, '__name__', cls)})"
+
+
 def where(node: fx.Node) -> str:
     """``conv (nn.Conv2d, module 'conv') at File ...``: the node, its spelling (else its target),
-    its module and the user's source line, for the errors that list nodes."""
+    its module (or the module whose forward calls it) and the user's source line, for the errors
+    that list nodes."""
     origin = node.meta.get(meta.ORIGIN) or str(node.target)
     source = f" at {line}" if (line := source_line(node)) else ""
-    return f"{node.name} ({origin}{_module(node)}){source}"
+    return f"{node.name} ({origin}{_module(node)}{_within(node)}){source}"
 
 
 def describe(node: fx.Node) -> str:

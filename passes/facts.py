@@ -6,8 +6,8 @@ After:  every node has in ``node.meta`` (keys in ``lrpfx.meta``):
 - ``KIND``: its op family from the op table (``None`` for ops not in it);
 - ``SHAPE``: its value is a size, a rank, a dtype, or Python arithmetic on such values;
 - ``CARRIES``: it is a tensor computed from the values of the explained input (through other
-  such tensors: a tensor made from ``x.shape`` alone, or ``zeros_like(x)``, is a constant), so
-  it receives relevance;
+  such tensors: a tensor made from ``x.shape`` alone, or ``zeros_like(x)``, is a constant, and
+  a normalizing statistic like ``x.var()`` is held constant), so it receives relevance;
 - ``CONE``: it carries and reaches the output: relevance flows through it;
 - ``NONNEG``: its value is known to be ``>= 0`` (a ReLU output, a pool of one, ...);
 - ``GATE``: its value lies in ``[0, 1]`` (a sigmoid or softmax, maybe re-indexed);
@@ -61,7 +61,7 @@ def facts(gm: fx.GraphModule) -> fx.GraphModule:
             meta.KIND: None if spec is None else spec.kind,
             meta.SHAPE: shape,
             meta.CARRIES: (carries and not shape and node.op != "output"
-                           and not (spec is not None and spec.constant)),
+                           and not (spec is not None and (spec.constant or spec.statistic))),
             meta.NONNEG: function and (spec.nonneg or spec.keeps_nonneg  # type: ignore[union-attr]
                                        and _first(node, meta.NONNEG)),
             meta.GATE: spec is not None and (spec.gate or spec.routes

@@ -6,6 +6,11 @@ After:  ``conv(x, w', b')`` with ``w' = w * scale`` (per output channel) and
 ``b' = b * scale + shift`` as new buffers; the conv's ``meta["lrpfx.folded"]`` names the
 BatchNorm. The outputs are unchanged; the user's tensors are not touched. A layer called at two
 sites, each followed by its own BatchNorm, gets folded constants per call site.
+
+First, a functional BatchNorm (``F.batch_norm(x, mean, var, w, b, False, _, eps)`` with constant
+statistics and parameters, as timm's ``BatchNormAct2d`` calls it) becomes the ``affine`` an
+``nn.BatchNorm2d`` is, with the same constants; one whose statistics are computed from the
+input is marked unsupported.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.ops import table
+from lrpfx.ops.layers import batchnorm_affine
 from lrpfx.ops.table import OpKind
 
 FOLDABLE = (OpKind.CONV, OpKind.DENSE)  # the op families a BatchNorm after them folds into
@@ -58,8 +65,35 @@ def _fresh(gm: fx.GraphModule, name: str) -> str:
     return next(c for c in candidates if not hasattr(gm, c))
 
 
+def _functional(gm: fx.GraphModule, node: fx.Node) -> None:
+    """``F.batch_norm`` with constant arguments as ``affine(x, scale, shift)``."""
+    x, *params = node.args[:5]
+    if not all(p is None or isinstance(p, fx.Node) and p.op == "get_attr" for p in params):
+        node.meta[meta.UNSUPPORTED] = ("F.batch_norm whose statistics or parameters are "
+                                       "computed from the input: no eval-mode BatchNorm")
+        return
+    mean, var, weight, bias = (None if p is None else _value(gm, p).detach()  # type: ignore[union-attr]
+                               for p in params)
+    assert mean is not None and var is not None
+    scale, shift = batchnorm_affine(mean, var, weight, bias, float(node.args[7]))  # type: ignore[arg-type]
+    base = meta.display_name(node)
+    with gm.graph.inserting_before(node):
+        constants = []
+        for value, suffix in ((scale, "scale"), (shift, "shift")):
+            name = _fresh(gm, f"{base}_{suffix}")
+            gm.register_buffer(name, value)
+            constants.append(gm.graph.get_attr(name))
+        affine = gm.graph.call_function(rt.affine, (x, *constants))
+    affine.meta = dict(node.meta)
+    node.replace_all_uses_with(affine)
+    gm.graph.erase_node(node)
+
+
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
     """Fold every foldable BatchNorm (see the module docstring)."""
+    for node in list(gm.graph.find_nodes(op="call_function", target=F.batch_norm)):
+        if meta.UNSUPPORTED not in node.meta:  # normalize's canonical form (running statistics)
+            _functional(gm, node)
     for node in list(gm.graph.nodes):
         if not _foldable(node):
             continue

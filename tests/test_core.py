@@ -256,7 +256,7 @@ def test_unsupported_nodes_are_all_listed_at_compile_time():
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")
-            self.up = nn.Upsample(scale_factor=2)
+            self.up = nn.Upsample(scale_factor=2, mode="area")  # other modes are explained
 
         def forward(self, x):
             return torch.cumsum(self.up(self.conv(x)), -1).flatten(1)

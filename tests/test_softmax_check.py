@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from lrpfx.passes.softmax import ModelCheckError
 from torch import nn
 
 import lrpfx
+from lrpfx.passes.softmax import ModelCheckError
 
 
 class Head(nn.Module):

@@ -10,9 +10,9 @@ a ``torch.export`` front end comes next and hands over the same graph.
 ``canonical`` is the one front half shared by ``lrpfx.compile`` and ``lrpfx.patterns.fit``,
 so patterns are fitted on exactly the graph that is explained: the model's eval-mode copy when
 it is in training mode (with a warning), traced, then ``CANONIZE``d (one spelling per op,
-re-indexings included; values computed from constants alone evaluated once; BatchNorms
-folded). The user's model is only read. ``compile`` calls ``eval_mode`` first itself, to
-record the version counters of the model it explains.
+re-indexings included; fused attention written out; values computed from constants alone
+evaluated once; BatchNorms folded). The user's model is only read. ``compile`` calls
+``eval_mode`` first itself, to record the version counters of the model it explains.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import Any
 from torch import fx, nn
 
 from lrpfx.frontend.fx import LeafSpec, trace
+from lrpfx.passes.expand import expand
 from lrpfx.passes.fold_batchnorm import fold_batchnorm
 from lrpfx.passes.fold_constants import fold_constants
 from lrpfx.passes.normalize import normalize
 
-CANONIZE = (normalize, fold_constants, fold_batchnorm)
+CANONIZE = (normalize, expand, fold_constants, fold_batchnorm)
 
 # the training-mode warning of each caller: ``{name}`` the model's class, ``{which}`` the modules
 COMPILE_WARNING = (

@@ -11,14 +11,16 @@ On top of ``torch.fx`` tracing (the model is only read):
 - Module classes registered with ``lrpfx.register`` are leaves, like ``leaf_modules``; the
   program gets its own copy of each such module (sharing its tensors), so nothing done to the
   explainer (``.to()``, ``load_state_dict``) reaches the user's module.
-- Arguments fixed by ``concrete_args`` and unused arguments disappear from the graph; a model
-  with another tensor input is refused.
+- Arguments fixed by ``concrete_args``, optional arguments left at their defaults (timm's
+  ``forward(x, attn_mask=None, is_causal=False)``: the explainer is called with ``x`` alone) and
+  unused arguments disappear from the graph; a model with another tensor input is refused.
 - fx's errors become ``TraceError`` naming the submodule, the source line and the fixes.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import operator
 import warnings
@@ -211,8 +213,10 @@ def trace(
     attributes = set(vars(model))
     if tracer.is_leaf_module(model, ""):  # a bare nn layer: trace it as a one-layer network
         model = nn.Sequential(model)
+    given = 1 if example_inputs is None else max(len(example_inputs), 1)
+    concrete_args = {**_defaults(model, given), **(concrete_args or {})}
     try:
-        graph = tracer.trace(model, concrete_args)
+        graph = tracer.trace(model, concrete_args or None)
     except Exception as error:  # fx raises many types: TraceError, TypeError, RuntimeError...
         raise TraceError(_trace_failure(model, tracer, error)) from error
     _drop_fixed_inputs(graph, model)
@@ -253,6 +257,22 @@ def _trace_failure(model: nn.Module, tracer: Tracer, error: Exception) -> str:
         "(leaf_modules=[...])\n"
         "  see https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing"
     )
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _defaults(model: nn.Module, given: int) -> dict[str, Any]:
+    """The optional arguments of ``model.forward`` after the ``given`` first, at their plain
+    defaults (None, a flag, a number, a string): the explainer never passes them, so they are
+    fixed as ``concrete_args`` would fix them, instead of traced as inputs."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature: nothing to fix
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters[given:]
+            if p.kind in kinds and isinstance(p.default, _PLAIN)}
 
 
 def _drop_fixed_inputs(graph: fx.Graph, model: nn.Module) -> None:

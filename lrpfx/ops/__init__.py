@@ -4,17 +4,21 @@ op family (each declares its ops' facts with ``defop`` and their rows with ``rel
 from lrpfx.ops import (
     activations,
     arithmetic,
+    attention,
     bilinear,
     layernorm,
     layers,
     maxpool,
+    norms,
     patterns,
+    resample,
     routing,
     softmax,
+    statistics,
     where,
 )
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
-__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "bilinear", "defop",
-           "layernorm", "layers", "maxpool", "patterns", "register", "relevance", "routing",
-           "softmax", "spell", "where"]
+__all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "attention",
+           "bilinear", "defop", "layernorm", "layers", "maxpool", "norms", "patterns", "register",
+           "relevance", "resample", "routing", "softmax", "spell", "statistics", "where"]

@@ -6,8 +6,10 @@ Identities (``s = R / stabilize(z)``, ``z`` the node's output):
 - ``z = a ± c`` (two tensors, Norm): ``R_a = a s``, ``R_c = ± c s``; broadcast inputs sum their
   share back to their shape. A constant operand is a bias: it keeps its share, or, when the rule
   ignores biases, the op is the identity and ``R`` passes to the tensor.
-- ``z = a * c`` with a constant factor (layer scale): ``R_a = R``. Two tensor factors: the
-  ``Gating`` rule decides the shares (a sigmoid/softmax factor is a gate; the signal takes all).
+- ``z = a * c`` with a constant factor (layer scale): ``R_a = R``; ``a / c`` likewise, and
+  ``a / n`` with ``n`` a sum, mean or maximum of ``a`` itself (a normalizer, held constant).
+  Two tensor factors: the ``Gating`` rule decides the shares (a sigmoid/softmax factor is a
+  gate; the signal takes all).
 - ``z = mean(x, dims)`` / ``sum(x, dims)``: the linear family with the transposed reduction.
 - ``//``, ``%``, ``**``: shape arithmetic only (``channels // groups``); on tensors they have
   no row, and ``check`` says so.
@@ -27,6 +29,7 @@ from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.ops.linear import LinearOp, linear_rule
 from lrpfx.ops.table import (
+    OPS,
     Call,
     Contribution,
     Converted,
@@ -128,11 +131,30 @@ def _gated(b: Builder, node: fx.Node, rel: fx.Node, rule: Gating) -> list[Contri
 def _scale(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     """``x / c`` and ``-x``: a scale, relevance passes (``R_x = x (1/c) R / (x/c) = R``)."""
     x = node.args[0]
-    if node.target is operator.truediv and carries(node.args[1]):
-        raise unsupported(node, "division by a tensor computed from the input")
+    if node.target is operator.truediv and carries(node.args[1]) and not _normalizer(
+            node.args[1], x):
+        raise unsupported(node, "division by a tensor computed from the input (other than a "
+                          "sum, mean or maximum of the numerator, held constant)")
     if not carries(x):
         return []
     return [(x, b.call(rt.unbroadcast, rel, b[x], name=f"r_{b.name(node)}"))]  # type: ignore[list-item]
+
+
+_FOLLOWED = (OpKind.RESHAPE, OpKind.ROUTING, OpKind.ADD, OpKind.SCALE, OpKind.MUL)
+
+
+def _normalizer(divisor: Any, x: Any) -> bool:
+    """Whether ``divisor`` is a sum, mean or maximum of ``x`` itself (maybe re-indexed, shifted
+    or scaled: ``x.sum(-1).unsqueeze(-1) + eps``): a normalizer, held constant like the
+    LN-rule's σ, so ``x / divisor`` is a scale (ConViT: ``attn /= attn.sum(-1, keepdim)``)."""
+    while isinstance(divisor, fx.Node) and divisor.op == "call_function" and divisor.args:
+        if divisor.target in (torch.sum, torch.mean, torch.amax):
+            return divisor.args[0] is x
+        facts = OPS.get(divisor.target)  # type: ignore[arg-type]
+        if facts is None or facts.kind not in _FOLLOWED:
+            return False
+        divisor = divisor.args[0]
+    return False
 
 
 def _reduction(transpose: Callable[..., torch.Tensor]) -> LinearOp:

@@ -53,9 +53,29 @@ defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new
       "new_ones", "new_empty", "new_full", kind=OpKind.SHAPE, constant=True)
 
 
-def _dims(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``view(2, 3)`` and ``view((2, 3))`` both mean the shape ``(2, 3)``."""
+def _dims(args: tuple[Any, ...]) -> Any:
+    """``view(2, 3)`` and ``view((2, 3))`` both mean the shape ``(2, 3)``; ``expand(x.shape)``
+    means the traced shape itself."""
+    if len(args) == 1 and _whole_shape(args[0]):
+        return args[0]
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+def _whole_shape(arg: Any) -> bool:
+    """Whether ``arg`` is a traced whole ``torch.Size``: ``x.shape``, ``x.size()``, a slice of
+    one (``x.shape[:-1]``) or one joined to a tuple (``x.shape[:-1] + (-1,)``)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method":
+        return bool(arg.target == "size" and len(arg.args) == 1)
+    if arg.target is getattr:
+        return bool(arg.args[1] == "shape")
+    if arg.target is operator.getitem:
+        return isinstance(arg.args[1], slice) and _whole_shape(arg.args[0])
+    if arg.target is operator.add:
+        return any(_whole_shape(a) for a in arg.args) and all(
+            _whole_shape(a) or isinstance(a, tuple) for a in arg.args)
+    return False
 
 
 def _with_dim(fn: Callable[..., Any], default: Any = 0) -> Callable[..., Converted]:
@@ -204,4 +224,4 @@ def _expand(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contrib
 def _pad(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     x, pad = node.args[:2]
     assert isinstance(x, fx.Node)
-    return [(x, b.call(rt.pad_transpose, rel, pad, name=f"r_{b.name(node)}"))]
+    return [(x, b.call(rt.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]

@@ -79,6 +79,9 @@ class OpSpec:
             their values (``zeros_like``, ``x.new_ones``): it carries no relevance.
         pieces: its result is a tuple of tensors (chunk, split, unbind); relevance reaches its
             input through the ``getitem`` of each piece.
+        statistic: its result is a statistic of its input that normalizes it (``var``,
+            ``std``, ``norm``): computed in the forward, held constant in the backward, so it
+            carries no relevance (the LN-rule's constant normalizer, for norms written by hand).
         rule_when: which of its nodes take a rule (default: every node, when the op has rows
             for rule classes).
         forward: emits the node's forward when the backward needs more than its output.
@@ -92,6 +95,7 @@ class OpSpec:
     shape_query: bool = False
     constant: bool = False
     pieces: bool = False
+    statistic: bool = False
     rule_when: Callable[[fx.Node], bool] | None = None
     forward: Forward | None = None
 

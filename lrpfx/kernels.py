@@ -1,0 +1,145 @@
+"""Runtime kernels of the norms, attention and resampling ops (``lrpfx.ops.norms``,
+``lrpfx.ops.attention``, ``lrpfx.ops.resample``): plain tensor functions the generated program
+calls, declared with ``lrpfx.runtime.kernel`` like the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lrpfx.runtime import kernel
+
+
+def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast along dimension 1 of ``like``."""
+    return t.reshape((1, -1) + (1,) * (like.dim() - 2))
+
+
+@kernel(fresh=True)
+def channel_shift(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``y − bias`` with ``bias`` per channel (dimension 1)."""
+    return y - _per_channel(bias, y)
+
+
+@kernel(fresh=True)
+def group_norm_transpose(s: torch.Tensor, x: torch.Tensor, groups: int,
+                         weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``Wᵀ s`` for ``W = diag(w / σ_g) (I − 1/N_g)``, the Jacobian of GroupNorm at constant
+    σ (per sample and group ``g`` of channels)."""
+    t = s if weight is None else s * _per_channel(weight, s)
+    grouped = x.reshape(x.shape[0], groups, -1)
+    sigma = torch.sqrt(grouped.var(-1, unbiased=False, keepdim=True) + eps)
+    t = t.reshape(grouped.shape) / sigma
+    return (t - t.mean(-1, keepdim=True)).reshape(x.shape)
+
+
+@kernel(fresh=True)
+def attention_scale(q: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """``q`` times the attention scale: ``scale``, else ``1 / sqrt(q.size(-1))`` (as
+    ``F.scaled_dot_product_attention`` scales ``q kᵀ``)."""
+    return q * (scale if scale is not None else q.size(-1) ** -0.5)
+
+
+@kernel(fresh=True)
+def causal_mask(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The lower-triangular mask of ``is_causal=True``: query ``i`` sees keys ``j <= i``."""
+    return torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+
+
+@kernel(fresh=True)
+def attention_mask(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The attention logits with ``mask`` applied as ``F.scaled_dot_product_attention`` does:
+    a boolean mask keeps where True (``-inf`` elsewhere), a float mask is added."""
+    if mask.dtype == torch.bool:
+        return logits.masked_fill(~mask, float("-inf"))
+    return logits + mask
+
+
+@kernel(fresh=True)
+def finite_ratio(r: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``r / stabilize(z)``, zero where ``z`` is infinite (a masked attention logit)."""
+    eps = torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+    return torch.where(torch.isinf(z), 0.0, r / (z + eps))
+
+
+@kernel(fresh=True)
+def mask_share(r: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, mask: torch.Tensor,
+               epsilon: float) -> torch.Tensor:
+    """The logits' relevance through ``z = attention_mask(logits, mask)``: a boolean mask
+    selects (``R`` where kept, 0 where masked), a float mask is a sum (``logits · R /
+    stabilize(z)``, 0 where ``z`` is infinite)."""
+    if mask.dtype == torch.bool:
+        return torch.where(mask, r, 0.0)
+    return logits * finite_ratio(r, z, epsilon)
+
+
+_UPSAMPLE = {("nearest", 1): "upsample_nearest1d", ("nearest", 2): "upsample_nearest2d",
+             ("nearest", 3): "upsample_nearest3d",
+             ("nearest-exact", 1): "_upsample_nearest_exact1d",
+             ("nearest-exact", 2): "_upsample_nearest_exact2d",
+             ("nearest-exact", 3): "_upsample_nearest_exact3d",
+             ("linear", 1): "upsample_linear1d", ("bilinear", 2): "upsample_bilinear2d",
+             ("bicubic", 2): "upsample_bicubic2d", ("trilinear", 3): "upsample_trilinear3d"}
+
+
+@kernel(fresh=True)
+def interpolate_transpose(r: torch.Tensor, x: torch.Tensor, scale_factor: Any, mode: str,
+                          align_corners: bool | None, recompute_scale_factor: bool | None
+                          ) -> torch.Tensor:
+    """The transpose of ``F.interpolate(·, ..., mode)`` (linear in its input) applied to ``r``
+    (shaped like its output), shaped like ``x``."""
+    n = x.dim() - 2
+    backward = getattr(torch.ops.aten, f"{_UPSAMPLE[mode, n]}_backward")
+    scales: list[float | None] = [None] * n
+    if scale_factor is not None and not recompute_scale_factor:
+        factors = scale_factor if isinstance(scale_factor, (tuple, list)) else [scale_factor] * n
+        scales = [float(f) for f in factors]
+    args: list[Any] = [r, list(r.shape[2:]), list(x.shape)]
+    if "nearest" not in mode:
+        args.append(bool(align_corners))
+    return backward(*args, *scales)
+
+
+@kernel(fresh=True)
+def unfold_transpose(r: torch.Tensor, x: torch.Tensor, dimension: int, size: int, step: int
+                     ) -> torch.Tensor:
+    """The transpose of ``x.unfold(dimension, size, step)``: each window back in place, the
+    copies of an element added up."""
+    return torch.ops.aten.unfold_backward(r, list(x.shape), dimension, size, step)
+
+
+@kernel(fresh=True)
+def amax_transpose(r: torch.Tensor, x: torch.Tensor, out: torch.Tensor, dim: Any,
+                   keepdim: bool) -> torch.Tensor:
+    """The winner-takes-all transpose of ``amax(x, dim, keepdim)``: each maximum's relevance to
+    the entries that reach it, shared equally between ties."""
+    dims = [d % x.dim() for d in ([dim] if isinstance(dim, int) else dim or range(x.dim()))]
+    if not keepdim:
+        for d in sorted(dims):
+            out, r = out.unsqueeze(d), r.unsqueeze(d)
+    winners = (x == out).to(r.dtype)
+    return winners * (r / winners.sum(dims, keepdim=True))
+
+
+@kernel(fresh=True)
+def im2col_transpose(r: torch.Tensor, x: torch.Tensor, kernel_size: Any, dilation: Any,
+                     padding: Any, stride: Any) -> torch.Tensor:
+    """The transpose of ``F.unfold(x, ...)`` (im2col): ``F.fold`` back to ``x``'s shape."""
+    return torch.nn.functional.fold(r, tuple(x.shape[-2:]), kernel_size, dilation, padding, stride)
+
+
+@kernel(fresh=True)
+def mean_square(x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
+    """``mean(x², dim, keepdim)``: the square of an RMS norm's normalizer."""
+    return x.square().mean(dim, keepdim)
+
+
+@kernel(fresh=True)
+def repeat_interleave_transpose(r: torch.Tensor, x: torch.Tensor, repeats: int,
+                                dim: int | None) -> torch.Tensor:
+    """The transpose of ``x.repeat_interleave(repeats, dim)``: the copies of each entry added."""
+    if dim is None:
+        return r.reshape(-1, repeats).sum(1).reshape(x.shape)
+    d = dim % x.dim()
+    return r.reshape(*x.shape[:d], x.shape[d], repeats, *x.shape[d + 1:]).sum(d + 1)

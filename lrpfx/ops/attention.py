@@ -1,0 +1,55 @@
+"""``F.scaled_dot_product_attention``: explained as what it computes,
+
+    ``softmax(q kᵀ · scale + mask) v``
+
+``passes.expand`` writes it out into those canonical ops, so each takes its rule from the
+composite: the matrix products the ε-rule, halved between two computed operands (AttnLRP's
+uniform rule: in the gradient frame each of the two products gives half its relevance to each
+factor), the softmax its own rule (``SoftmaxTaylor`` in AttnLRP, ``Stop`` in CP-LRP).
+
+Its own ops here: the scale of ``q`` (a scale: relevance passes, as for ``x / c``), the causal
+mask (made from the shapes alone: no relevance), and the mask applied to the logits
+``z = attention_mask(l, m)``: a boolean mask selects, as ``torch.where(m, l, -inf)`` does
+(``R_l = where(m, R, 0)``); a float mask is a sum ``l + m`` with the add's rows (Norm/ε):
+``s = R / stabilize(z)`` (0 where ``z = -inf``), ``R_l = l s``, a mask computed from the input
+gets ``R_m = m s``, and with ``ignore_bias`` a constant mask is ignored (``R_l = R``).
+"""
+
+from __future__ import annotations
+
+import operator
+
+from torch import fx
+
+from lrpfx import kernels
+from lrpfx import runtime as rt
+from lrpfx.builder import Builder
+from lrpfx.ops.table import Contribution, OpKind, carries, defop, relevance
+from lrpfx.rules import Epsilon, Norm
+
+defop(kernels.attention_scale, kind=OpKind.SCALE)
+defop(kernels.causal_mask, kind=OpKind.SHAPE, constant=True)
+defop(kernels.attention_mask, kind=OpKind.ADD)
+
+
+@relevance(kernels.attention_scale)
+def _scale(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+    """``q · scale``: a scale, relevance passes (``R_q = q c R / (q c) = R``)."""
+    return [(node.args[0], rel)]  # type: ignore[list-item]
+
+
+@relevance(kernels.attention_mask, rule=(Norm, Epsilon))
+def _mask(b: Builder, node: fx.Node, rel: fx.Node, rule: Norm | Epsilon) -> list[Contribution]:
+    """``l ⊕ m``: selected (boolean ``m``) or ``R_l = l s``, ``R_m = m s`` (float ``m``)."""
+    logits, mask = node.args[:2]
+    assert isinstance(logits, fx.Node)
+    tag = b.name(node)
+    if rule.ignore_bias and not carries(mask):
+        return [(logits, rel)]
+    out = [(logits, b.call(kernels.mask_share, rel, b[logits], b[node], b.map(mask),
+                           rule.stabilizer, name=f"r_{tag}"))]
+    if isinstance(mask, fx.Node) and carries(mask):  # a float mask computed from the input
+        s = b.call(kernels.finite_ratio, rel, b[node], rule.stabilizer, name=f"s_{tag}")
+        r = b.call(operator.mul, b[mask], s, name=f"r_{tag}")
+        out.append((mask, b.call(rt.unbroadcast, r, b[mask], name=f"r_{tag}")))
+    return out
