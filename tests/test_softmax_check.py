@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lrpfx
-from lrpfx.passes.softmax import ModelCheckError
+from lrpfx.errors import ModelCheckError
 
 
 class Head(nn.Module):
