@@ -19,10 +19,11 @@ from lrpfx.ops.table import (
     Contribution,
     OpKind,
     defop,
+    pass_through,
     relevance,
     spell,
 )
-from lrpfx.rules import Gradient, Pass, Rule
+from lrpfx.rules import Gradient, Pass
 
 ACTIVATION = OpKind.ACTIVATION
 PIECEWISE_LINEAR = (torch.relu, F.relu6, F.hardtanh, F.leaky_relu)
@@ -56,12 +57,9 @@ spell(F.softsign, modules={nn.Softsign: None})
 spell(F.tanhshrink, modules={nn.Tanhshrink: None})
 
 
-@relevance(*PIECEWISE_LINEAR, torch.sigmoid, F.hardsigmoid, F.softplus, torch.tanh,
-           F.silu, F.gelu, F.elu, F.selu, F.celu, F.hardswish, F.mish, F.logsigmoid, F.softsign,
-           F.tanhshrink, rule=Pass)
-def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Rule) -> list[Contribution]:
-    """Pass: ``R_in = R_out``."""
-    return [(node.args[0], rel)]  # type: ignore[list-item]
+relevance(*PIECEWISE_LINEAR, torch.sigmoid, F.hardsigmoid, F.softplus, torch.tanh,
+          F.silu, F.gelu, F.elu, F.selu, F.celu, F.hardswish, F.mish, F.logsigmoid, F.softsign,
+          F.tanhshrink, rule=Pass)(pass_through)
 
 
 def _arg(node: fx.Node, index: int, name: str, default: float) -> float:

@@ -14,6 +14,7 @@ stabilize(y)``, the identity up to the stabilizer (AttnLRP's identity rule for R
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from lrpfx.ops.table import (
     Param,
     Unsupported,
     defop,
+    pass_through,
     relevance,
     spell,
 )
@@ -58,25 +60,31 @@ spell(F.rms_norm, modules={nn.RMSNorm: lambda m: (
 spell(F.normalize, bind=lambda p=2.0, dim=1, eps=1e-12, out=None: Call(F.normalize, (p, dim, eps)))
 
 
-@relevance(F.layer_norm, F.rms_norm, F.normalize, rule=Pass)
-def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
-    """Pass: ``R_in = R_out``."""
-    return [(node.args[0], rel)]  # type: ignore[list-item]
+relevance(F.layer_norm, F.rms_norm, F.normalize, rule=Pass)(pass_through)
 
 
-@relevance(F.layer_norm, rule=LNRule)
-def _ln_rule(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule) -> list[Contribution]:
-    """LN-rule: ``R_i = x_i (t_i − mean(t))``, ``t = w ⊙ R / (σ stabilize(z))``."""
+def held_normalizer(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule,
+                    transpose: Callable[..., Any], unshift: Callable[..., Any]
+                    ) -> list[Contribution]:
+    """The LN-rule of a centering norm ``op(x, shape, weight, bias, eps)`` whose normalizer is
+    held constant: ``R_i = x_i · transpose(s)_i``, ``s = R / stabilize(z)`` (``z = y``, or
+    ``unshift(y, bias)`` with ``ignore_bias``)."""
     x, shape, weight, bias, eps = node.args
     assert isinstance(x, fx.Node)
     tag = b.name(node)
     z = b[node]
     if rule.ignore_bias and isinstance(bias, fx.Node):
-        z = b.call(operator.sub, z, b[bias], name=f"z_{tag}")
+        z = b.call(unshift, z, b[bias], name=f"z_{tag}")
     s = b.call(operator.truediv, rel, b.call(rt.stabilize, z, rule.stabilizer, name=f"z_{tag}"),
                name=f"s_{tag}")
-    c = b.call(rt.layer_norm_transpose, s, b[x], shape, b.map(weight), eps, name=f"c_{tag}")
+    c = b.call(transpose, s, b[x], shape, b.map(weight), eps, name=f"c_{tag}")
     return [(x, b.call(operator.mul, b[x], c, name=f"r_{tag}"))]
+
+
+@relevance(F.layer_norm, rule=LNRule)
+def _ln_rule(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule) -> list[Contribution]:
+    """LN-rule: ``R_i = x_i (t_i − mean(t))``, ``t = w ⊙ R / (σ stabilize(z))``."""
+    return held_normalizer(b, node, rel, rule, rt.layer_norm_transpose, operator.sub)
 
 
 @relevance(F.rms_norm, F.normalize, rule=LNRule)

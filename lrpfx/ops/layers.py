@@ -18,12 +18,12 @@ from lrpfx.builder import Builder
 from lrpfx.ops.linear import LinearOp, linear_rule
 from lrpfx.ops.table import (
     Call,
-    Contribution,
     Converted,
     OpKind,
     Param,
     Unsupported,
     defop,
+    pass_through,
     relevance,
     spell,
 )
@@ -128,10 +128,7 @@ relevance(rt.affine, rule=LAYER_RULES)(linear_rule(LinearOp(
 )))
 
 
-@relevance(rt.affine, rule=Pass)
-def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
-    """An unfolded BatchNorm passes relevance (the presets' default)."""
-    return [(node.args[0], rel)]  # type: ignore[list-item]
+relevance(rt.affine, rule=Pass)(pass_through)  # an unfolded BatchNorm (the presets' default)
 
 
 # -- average pools: avg_pool(x, kernel, stride, padding, ceil, count_include_pad[, divisor]) ----

@@ -14,15 +14,14 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch.nn.functional as F
 from torch import fx, nn
 
 from lrpfx import kernels
-from lrpfx import runtime as rt
 from lrpfx.builder import Builder
+from lrpfx.ops.layernorm import held_normalizer
 from lrpfx.ops.table import (
     Call,
     Contribution,
@@ -31,6 +30,7 @@ from lrpfx.ops.table import (
     Param,
     Unsupported,
     defop,
+    pass_through,
     relevance,
     spell,
 )
@@ -55,23 +55,11 @@ spell(F.group_norm, modules={nn.GroupNorm: lambda m: (
         F.group_norm, (num_groups, weight, bias, eps)))
 
 
-@relevance(F.group_norm, rule=Pass)
-def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
-    """Pass: ``R_in = R_out``."""
-    return [(node.args[0], rel)]  # type: ignore[list-item]
+relevance(F.group_norm, rule=Pass)(pass_through)
 
 
 @relevance(F.group_norm, rule=LNRule)
 def _group_norm(b: Builder, node: fx.Node, rel: fx.Node, rule: LNRule) -> list[Contribution]:
     """LN-rule per group: ``R_i = x_i (t_i − mean_g(t))``, ``t = w ⊙ R / (σ_g stabilize(z))``."""
-    x, groups, weight, bias, eps = node.args
-    assert isinstance(x, fx.Node)
-    tag = b.name(node)
-    z = b[node]
-    if rule.ignore_bias and isinstance(bias, fx.Node):
-        z = b.call(kernels.channel_shift, z, b[bias], name=f"z_{tag}")
-    s = b.call(operator.truediv, rel, b.call(rt.stabilize, z, rule.stabilizer, name=f"z_{tag}"),
-               name=f"s_{tag}")
-    c = b.call(kernels.group_norm_transpose, s, b[x], groups, b.map(weight), eps,
-               name=f"c_{tag}")
-    return [(x, b.call(operator.mul, b[x], c, name=f"r_{tag}"))]
+    return held_normalizer(b, node, rel, rule, kernels.group_norm_transpose,
+                           kernels.channel_shift)

@@ -22,6 +22,7 @@ from lrpfx.ops.table import (
     OpKind,
     Unsupported,
     defop,
+    pass_through,
     relevance,
     spell,
 )
@@ -39,10 +40,7 @@ spell(F.softmax, torch.softmax, torch.special.softmax, "softmax",
       modules={nn.Softmax: lambda m: _bind(m.dim)}, bind=_bind)
 
 
-@relevance(F.softmax, rule=Pass)
-def _pass(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
-    """Pass: ``R_x = R``."""
-    return [(node.args[0], rel)]  # type: ignore[list-item]
+relevance(F.softmax, rule=Pass)(pass_through)
 
 
 @relevance(F.softmax, rule=SoftmaxTaylor)

@@ -289,6 +289,11 @@ def carries(arg: Any) -> bool:
     return isinstance(arg, fx.Node) and bool(arg.meta.get(meta.CARRIES))
 
 
+def pass_through(b: Builder, node: fx.Node, rel: fx.Node, rule: Any) -> list[Contribution]:
+    """The row of ``Pass`` (and of ops that move relevance unchanged): ``R_in = R_out``."""
+    return [(node.args[0], rel)]  # type: ignore[list-item]
+
+
 def unsupported(node: fx.Node, why: str) -> UnsupportedOperationError:
     """The error for a node whose arguments its row cannot explain (raised at codegen)."""
     return UnsupportedOperationError(
