@@ -73,10 +73,7 @@ class Explainer(nn.Module):
     def static_shape(self) -> tuple[int, ...] | None:
         """The only input shape this explainer takes when compiled with ``example_inputs``
         (static shapes), else None."""
-        for node in self.graph_module.graph.find_nodes(op="placeholder"):
-            if meta.STATIC_SHAPE in node.meta:
-                return tuple(node.meta[meta.STATIC_SHAPE])
-        return None
+        return guard.static_shape(self.graph_module)
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,

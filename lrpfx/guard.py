@@ -145,15 +145,22 @@ def _check_x(program: fx.GraphModule, graph_module: fx.GraphModule, x: Any) -> N
                          "inputs: replace them first (torch.nan_to_num) or drop those samples")
 
 
+def static_shape(graph_module: fx.GraphModule) -> tuple[int, ...] | None:
+    """The only input shape of an explainer compiled with ``example_inputs``, else None."""
+    for node in graph_module.graph.find_nodes(op="placeholder"):
+        if meta.STATIC_SHAPE in node.meta:
+            return tuple(node.meta[meta.STATIC_SHAPE])
+    return None
+
+
 def _check_static_shape(graph_module: fx.GraphModule, x: torch.Tensor) -> None:
     """An explainer compiled with ``example_inputs`` takes inputs of that shape only."""
-    for node in graph_module.graph.find_nodes(op="placeholder"):
-        shape = node.meta.get(meta.STATIC_SHAPE)
-        if shape is not None and tuple(x.shape) != shape:
-            raise ValueError(
-                f"this explainer was compiled with example_inputs of shape {shape}, and its "
-                f"shapes are static; x has shape {tuple(x.shape)}. Compile again with "
-                f"example_inputs of that shape (e.g. torch.zeros{tuple(x.shape)})")
+    shape = static_shape(graph_module)
+    if shape is not None and tuple(x.shape) != shape:
+        raise ValueError(
+            f"this explainer was compiled with example_inputs of shape {shape}, and its "
+            f"shapes are static; x has shape {tuple(x.shape)}. Compile again with "
+            f"example_inputs of that shape (e.g. torch.zeros{tuple(x.shape)})")
 
 
 def _count_nonfinite(t: torch.Tensor) -> str:
