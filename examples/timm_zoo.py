@@ -20,6 +20,11 @@ amplifies rounding), so large values there are the weights', not lost relevance.
     python examples/timm_zoo.py resnet vgg         # some families, table printed only
     python examples/timm_zoo.py --sample 5         # every 5th model of timm's whole list
     python examples/timm_zoo.py --refresh          # recompute the smallest model per family
+    python examples/timm_zoo.py --update eva volo  # rerun some families, rewrite their rows
+
+A full run also writes ``docs/timm-zoo.json`` (every result, with the ops that block); ``--update``
+replaces the named families' results there and writes both files again, naming the families
+rerun since the last full run.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Result:
     output_error: float = float("nan")
     conservation: float = float("nan")
     blocking: list[str] = field(default_factory=list)  # the ops of unsupported nodes
+    rerun: bool = False  # measured by ``--update`` after the full run
 
 
 # -- which models ------------------------------------------------------------------------------
@@ -310,7 +316,9 @@ def summary(results: list[Result]) -> str:
 
 def markdown(results: list[Result], title: str, command: str) -> str:
     counts = Counter(r.status for r in results)
-    lines = [f"# {title}", "", f"Written by `{command}` (see its docstring for what is checked).",
+    rerun = ", ".join(r.family for r in results if r.rerun)
+    lines = [f"# {title}", "", f"Written by `{command}` (see its docstring for what is checked)"
+             + (f"; rerun since with `--update`: {rerun}." if rerun else "."),
              "", summary(results) + "; by class: "
              + ", ".join(f"{c} {counts[c]}" for c in CLASSES if counts[c]) + ".", "",
              "| family | model | status | size | static | nodes | compile+explain (s) | output "
@@ -337,6 +345,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="models run at the same time")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--docs", type=Path, default=DOCS, help="where a full run's table goes")
+    parser.add_argument("--update", action="store_true",
+                        help="replace the given families' rows of the full run's table")
     args = parser.parse_args()
     if args.sample:
         models = sample(args.sample)
@@ -348,13 +358,24 @@ def main() -> None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     title = f"timm sample (every {args.sample}th model)" if args.sample else "timm zoo"
     command = "python examples/timm_zoo.py" + (f" --sample {args.sample}" if args.sample else "")
+    if args.update:
+        results = updated(args.docs.with_suffix(".json"), results)
     table = markdown(results, title, command)
-    if not args.families and not args.sample:
+    if args.update or not args.families and not args.sample:
         args.docs.write_text(table)
-        print(f"wrote {args.docs}")
+        args.docs.with_suffix(".json").write_text(
+            json.dumps([asdict(r) for r in results], indent=1) + "\n")
+        print(f"wrote {args.docs} and its .json")
     else:
         print(table)
     print(summary(results))
+
+
+def updated(record: Path, new: list[Result]) -> list[Result]:
+    """The full run's results in ``record`` with those of ``new``'s families replaced."""
+    rerun = {r.family: Result(**{**asdict(r), "rerun": True}) for r in new}
+    old = [Result(**r) for r in json.loads(record.read_text())]
+    return [rerun.pop(r.family, r) for r in old] + sorted(rerun.values(), key=lambda r: r.family)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from lrpfx.runtime import kernel
 
@@ -143,3 +144,48 @@ def repeat_interleave_transpose(r: torch.Tensor, x: torch.Tensor, repeats: int,
         return r.reshape(-1, repeats).sum(1).reshape(x.shape)
     d = dim % x.dim()
     return r.reshape(*x.shape[:d], x.shape[d], repeats, *x.shape[d + 1:]).sum(d + 1)
+
+
+@kernel(fresh=True)
+def pad_copies_transpose(r: torch.Tensor, x: torch.Tensor, pad: Any, mode: str) -> torch.Tensor:
+    """The transpose of ``F.pad(x, pad, mode)`` for the copying modes (reflect, replicate,
+    circular): every padded entry is a copy of one entry of ``x``, so each entry's relevance is
+    the sum of its copies'. Where each copy comes from is read off the same pad of the entries'
+    indices (exact in float64 up to 2⁵³ entries)."""
+    n = len(pad) // 2
+    spatial = x.shape[-n:]
+    index = torch.arange(spatial.numel(), dtype=torch.float64, device=r.device)
+    source = F.pad(index.reshape(1, 1, *spatial), list(pad), mode).long().flatten()
+    flat = r.flatten(-n)
+    out = flat.new_zeros(*flat.shape[:-1], spatial.numel()).index_add_(-1, source, flat)
+    return out.reshape(x.shape)
+
+
+@kernel(fresh=False)
+def cast(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``x.to(...)``: a change of dtype (or device), the canonical form of ``to`` and
+    ``type_as``."""
+    return x.to(*args, **kwargs)
+
+
+@kernel(fresh=True)
+def cast_back(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The relevance of a cast's output in its input's dtype and on its device."""
+    return r.to(dtype=x.dtype, device=x.device)
+
+
+@kernel(fresh=True)
+def max_dim(x: torch.Tensor, dim: int, keepdim: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.max(dim, keepdim)``: the maxima and their indices (the canonical ``max`` over a
+    dimension; over all of them it is ``amax``)."""
+    return torch.max(x, dim, keepdim)  # type: ignore[return-value]
+
+
+@kernel(fresh=True)
+def max_dim_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, keepdim: bool, i: int
+                      ) -> torch.Tensor:
+    """Piece ``i`` of ``max_dim``: the maxima's relevance to the entries equal to them (winner
+    takes all, ties shared, as ``amax``); the indices (piece 1) are integers: none."""
+    if i != 0:
+        return torch.zeros_like(x)
+    return amax_transpose(r, x, x.amax(dim, keepdim), dim, keepdim)

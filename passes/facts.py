@@ -35,7 +35,8 @@ def _shape(node: fx.Node, spec: table.OpSpec | None) -> bool:
     """A shape query, or Python arithmetic whose node operands are all shape values."""
     if spec is not None and spec.shape_query:
         return node.target is not getattr or node.args[1] in SHAPE_ATTRIBUTES
-    if node.op != "call_function" or getattr(node.target, "__module__", None) != operator.__name__:
+    if node.op != "call_function" or getattr(operator, getattr(node.target, "__name__", ""),
+                                             None) is not node.target:
         return False
     inputs = node.all_input_nodes
     return bool(inputs) and all(a.meta[meta.SHAPE] for a in inputs)

@@ -24,10 +24,12 @@ from torch import fx
 from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.ops import table
-from lrpfx.ops.layers import batchnorm_affine
+from lrpfx.ops.layers import CONV_TRANSPOSES, batchnorm_affine
 from lrpfx.ops.table import OpKind
 
-FOLDABLE = (OpKind.CONV, OpKind.DENSE)  # the op families a BatchNorm after them folds into
+# the op families a BatchNorm after them folds into (not a transposed conv: its output channels
+# are its weight's second dimension)
+FOLDABLE = (OpKind.CONV, OpKind.DENSE)
 
 
 def fold_affine(
@@ -52,7 +54,8 @@ def _foldable(node: fx.Node) -> bool:
     layer = node.args[0]
     return (
         isinstance(layer, fx.Node) and layer.op == "call_function"
-        and table.kind_of(layer.target) in FOLDABLE and len(layer.users) == 1
+        and table.kind_of(layer.target) in FOLDABLE and layer.target not in CONV_TRANSPOSES
+        and len(layer.users) == 1
         and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in node.args[1:3])
         and isinstance(layer.args[1], fx.Node) and layer.args[1].op == "get_attr"
     )

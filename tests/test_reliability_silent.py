@@ -146,6 +146,35 @@ def test_an_unchanged_model_is_explained_after_a_forward_in_eval_mode():
     explainer(torch.randn(2, 4))
 
 
+# -- tracing leaves the model's own state alone --------------------------------------------------
+class Cached(nn.Module):
+    """Caches a value derived from its parameters in eval mode, as timm's LeViT does with its
+    attention biases: tracing runs this ``forward``, so the cache would keep a proxy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.bias = nn.Parameter(torch.randn(4))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.linear(x) + self.bias * 2
+        if "bias" not in self.cache:
+            self.cache["bias"] = self.bias * 2
+        return self.linear(x) + self.cache["bias"]
+
+
+def test_tracing_leaves_no_proxy_in_the_model_and_compiles_again():
+    model, x = Cached().eval(), torch.randn(2, 4)
+    first = lrpfx.compile(model, "epsilon-plus")(x)
+    assert model.cache == {}  # as before compile: the traced value is gone
+    copy_after = __import__("copy").deepcopy(model)  # copies and a second compile still work
+    second = lrpfx.compile(copy_after, "epsilon-plus")(x)
+    torch.testing.assert_close(first.relevance, second.relevance)
+    torch.testing.assert_close(first.output, model(x))
+
+
 # -- hooks on the model itself ---------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["pre", "post", "global"])
 def test_hooks_of_the_model_itself_are_warned_about(kind):

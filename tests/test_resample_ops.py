@@ -51,6 +51,11 @@ COPYING = {
     "im2col": (nn.Unfold(3, padding=1, stride=2), (2, 2, 5, 5)),
     "windows": (Fn(lambda x: x.unfold(2, 3, 2).unfold(3, 2, 1)), (2, 2, 7, 5)),
     "reshape_as": (Fn(lambda x: (x * 2).reshape_as(x.flatten(1))), (2, 3, 4)),
+    "reflect-2d": (nn.ReflectionPad2d((2, 1, 0, 2)), (2, 2, 3, 4)),
+    "replicate-1d": (Fn(lambda x: F.pad(x, (3, 1), mode="replicate")), (2, 2, 3)),
+    "circular-2d": (nn.CircularPad2d((1, 2, 2, 1)), (2, 2, 3, 3)),
+    "reflect-3d": (Fn(lambda x: F.pad(x, (1, 1, 0, 1, 1, 0), "reflect")), (1, 2, 3, 3, 2)),
+    "cast": (Fn(lambda x: x.to(dtype=torch.float64).type_as(x).to(x)), (2, 3, 4)),
 }
 
 
@@ -229,3 +234,64 @@ def test_repeat_interleave_adds_the_copies_up(dim):
     copies = torch.arange(x.numel()).reshape(x.shape).repeat_interleave(3, dim=dim)
     expected = torch.zeros(x.numel()).index_add_(0, copies.flatten(), R.flatten())
     _check(got, expected.reshape(x.shape))
+
+
+@pytest.mark.parametrize("layer", [nn.Fold((4, 5), (2, 3), stride=1),
+                                   nn.Fold((6, 6), 3, padding=1, stride=2, dilation=1)],
+                         ids=["overlapping", "strided"])
+def test_fold_sums_windows_by_the_epsilon_rule(layer):
+    blocks = F.unfold(torch.zeros(1, 2, *layer.output_size), layer.kernel_size,
+                      layer.dilation, layer.padding, layer.stride).shape[1:]
+    x = torch.randn(2, *blocks)
+    got, R = _explain(layer.eval(), x, {Kind("sum"): rules.Epsilon()})
+    W, b = dense.as_matrix(layer, tuple(blocks))
+    for i in range(2):
+        _check(got[i].flatten(), dense.epsilon(W, b, x[i].flatten(), R[i].flatten()))
+
+
+def test_a_cast_sends_relevance_back_in_the_input_dtype():
+    layer = Fn(lambda x: (x.to(torch.float32) * 2).to(dtype=x.dtype)).eval()
+    x = torch.randn(2, 3)
+    got, R = _explain(layer, x, composites.EpsilonOnly())
+    assert got.dtype == torch.float64
+    _check(got, R, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spelling", [lambda x: x ** 2, lambda x: torch.pow(x, 3),
+                                      lambda x: x.square(), lambda x: x.relu().pow(2)],
+                         ids=["operator", "torch.pow", "square", "method"])
+def test_a_power_is_an_activation_relevance_passes(spelling):
+    layer = Fn(lambda x: spelling(x) * 3).eval()
+    x = torch.randn(2, 3)
+    got, R = _explain(layer, x, composites.EpsilonOnly())
+    _check(got, R)
+
+
+def test_a_power_with_a_computed_exponent_is_refused_by_name():
+    layer = Fn(lambda x: x.sigmoid() ** x).eval()
+    with pytest.raises(lrpfx.LrpfxError, match="exponent"):
+        lrpfx.compile(layer, composites.EpsilonOnly())(torch.rand(2, 3) + 1)
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_the_maxima_of_max_over_a_dimension_are_winner_takes_all(keepdim):
+    x = torch.randint(0, 3, (2, 3, 4)).to(torch.float64)  # ties
+    layer = Fn(lambda v: v.max(1, keepdim=keepdim)[0]).eval()
+    got, R = _explain(layer, x, composites.EpsilonOnly())
+    out = x.amax(1, keepdim=True)
+    winners = (x == out).to(x.dtype)
+    expected = winners * (R if keepdim else R.unsqueeze(1)) / winners.sum(1, keepdim=True)
+    _check(got, expected)
+
+
+def test_max_of_everything_is_amax():
+    x = torch.randint(0, 3, (2, 3)).to(torch.float64)
+    got, R = _explain(Fn(lambda v: torch.max(v).expand(2)).eval(), x, composites.EpsilonOnly())
+    winners = (x == x.max()).to(x.dtype)
+    _check(got, winners * R.sum() / winners.sum())
+
+
+def test_max_of_two_tensors_is_refused_by_name():
+    layer = Fn(lambda v: torch.max(v, v.flip(0))).eval()
+    with pytest.raises(lrpfx.LrpfxError, match="max of two tensors"):
+        lrpfx.compile(layer, composites.EpsilonOnly())

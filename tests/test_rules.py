@@ -21,6 +21,12 @@ LAYERS = {
                      (2, 3, 5, 5)),
     "conv3d": (lambda bias: nn.Conv3d(2, 3, 2, bias=bias), (2, 2, 3, 4, 3)),
     "conv3d-s2-p1": (lambda bias: nn.Conv3d(2, 2, 3, 2, 1, bias=bias), (1, 2, 4, 4, 4)),
+    "deconv1d-s2": (lambda bias: nn.ConvTranspose1d(2, 3, 3, 2, bias=bias), (2, 2, 5)),
+    "deconv2d-s2-p1-op1-g2": (lambda bias: nn.ConvTranspose2d(4, 2, 3, 2, 1, output_padding=1,
+                                                              groups=2, bias=bias), (2, 4, 3, 3)),
+    "deconv2d-d2": (lambda bias: nn.ConvTranspose2d(3, 2, 2, dilation=2, bias=bias),
+                    (2, 3, 3, 4)),
+    "deconv3d": (lambda bias: nn.ConvTranspose3d(2, 2, 2, 2, bias=bias), (1, 2, 2, 3, 2)),
 }
 
 LOW = torch.tensor(-1.5)

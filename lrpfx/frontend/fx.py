@@ -36,6 +36,7 @@ from lrpfx.errors import TraceError
 from lrpfx.frontend import static
 from lrpfx.frontend.decompositions import DECOMPOSITIONS, decompose
 from lrpfx.frontend.hidden_writes import AUGMENTED, refuse_hidden_writes
+from lrpfx.frontend.untouched import untouched
 from lrpfx.ops.table import OPS
 
 LeafSpec = type[nn.Module] | str
@@ -210,23 +211,21 @@ def trace(
         UnsupportedOperationError: an in-place write would be seen through another name.
     """
     tracer = Tracer(leaf_modules, example_inputs)
-    attributes = set(vars(model))
     if tracer.is_leaf_module(model, ""):  # a bare nn layer: trace it as a one-layer network
         model = nn.Sequential(model)
     given = 1 if example_inputs is None else max(len(example_inputs), 1)
     concrete_args = {**_defaults(model, given), **(concrete_args or {})}
-    try:
-        graph = tracer.trace(model, concrete_args or None)
-    except Exception as error:  # fx raises many types: TraceError, TypeError, RuntimeError...
-        raise TraceError(_trace_failure(model, tracer, error)) from error
-    _drop_fixed_inputs(graph, model)
-    modules = dict(model.named_modules())
-    refuse_hidden_writes(graph, modules)
-    _warn_leaf_hooks(graph, modules, stacklevel + 1)
-    _warn_root_hooks(model, stacklevel + 1)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    for name in set(vars(model)) - attributes:  # fx keeps tensor constants on the model
-        delattr(model, name)
+    with untouched(model):  # fx's tensor constants: on the model until the GraphModule is made
+        try:
+            graph = tracer.trace(model, concrete_args or None)
+        except Exception as error:  # fx raises many types: TraceError, TypeError, ...
+            raise TraceError(_trace_failure(model, tracer, error)) from error
+        _drop_fixed_inputs(graph, model)
+        modules = dict(model.named_modules())
+        refuse_hidden_writes(graph, modules)
+        _warn_leaf_hooks(graph, modules, stacklevel + 1)
+        _warn_root_hooks(model, stacklevel + 1)
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     for target in {str(n.target) for n in graph.nodes if n.op == "call_module"}:
         if tracer.user_leaf(modules[target], target):
             gm.set_submodule(target, _alias_copy(modules[target]))

@@ -18,10 +18,12 @@ from lrpfx.ops.table import (
     Call,
     Contribution,
     OpKind,
+    carries,
     defop,
     pass_through,
     relevance,
     spell,
+    unsupported,
 )
 from lrpfx.rules import Gradient, Pass
 
@@ -55,6 +57,21 @@ spell(F.mish, modules={nn.Mish: None})
 spell(F.logsigmoid, modules={nn.LogSigmoid: None})
 spell(F.softsign, modules={nn.Softsign: None})
 spell(F.tanhshrink, modules={nn.Tanhshrink: None})
+
+
+# a power of a tensor (StarReLU's ``relu(x) ** 2``) is an elementwise activation; ``square`` is
+# the one spelling without an exponent, so the exponent defaults to 2
+defop(operator.pow, kind=ACTIVATION)
+spell(operator.pow, torch.pow, "pow", torch.square, "square",
+      bind=lambda exponent=2: Call(operator.pow, (exponent,)))
+
+
+@relevance(operator.pow, rule=Pass)
+def _power(b: Builder, node: fx.Node, rel: fx.Node, rule: Pass) -> list[Contribution]:
+    """``x ** c`` passes its relevance to ``x``; a computed exponent has no rule."""
+    if carries(node.args[1]):
+        raise unsupported(node, "a power with an exponent computed from the input")
+    return [(node.args[0], rel)]  # type: ignore[list-item]
 
 
 relevance(*PIECEWISE_LINEAR, torch.sigmoid, F.hardsigmoid, F.softplus, torch.tanh,

@@ -47,7 +47,7 @@ defop(operator.add, operator.sub, kind=OpKind.ADD)
 defop(operator.mul, kind=OpKind.MUL,
       rule_when=lambda node: sum(carries(a) for a in node.args[:2]) == 2)
 defop(operator.truediv, operator.neg, kind=OpKind.SCALE)
-defop(operator.floordiv, operator.mod, operator.pow, kind=OpKind.SHAPE)
+defop(operator.floordiv, operator.mod, kind=OpKind.SHAPE)
 defop(torch.mean, torch.sum, kind=OpKind.SUM)
 
 

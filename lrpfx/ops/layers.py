@@ -81,6 +81,44 @@ relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(LinearOp(
     weight=1, bias=2,
 )))
 
+# -- transposed convolutions: conv_transpose(x, w, b, stride, padding, output_padding, groups,
+#    dilation); their transpose is the convolution with the same weight
+def _conv_transpose(m: nn.modules.conv._ConvTransposeNd) -> Converted:
+    if m.padding_mode != "zeros":
+        return Unsupported(f"padding_mode={m.padding_mode!r}; only 'zeros' is supported")
+    fn = CONV_TRANSPOSES[len(m.kernel_size) - 1]
+    return Call(fn, (Param("weight", m.weight), Param("bias", m.bias), tuple(m.stride),
+                     tuple(m.padding), tuple(m.output_padding), m.groups, tuple(m.dilation)))
+
+
+def _conv_transpose_call(n: int) -> Callable[..., Converted]:
+    fn, tup = CONV_TRANSPOSES[n - 1], _ntuple(n)
+
+    def bind(weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+             output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> Converted:
+        return Call(fn, (weight, bias, tup(stride), tup(padding), tup(output_padding), groups,
+                         tup(dilation)))
+
+    return bind
+
+
+def _deconv_transpose(b: Builder, n: fx.Node, s: fx.Node, w: Any) -> fx.Node:
+    stride, padding, _, groups, dilation = (b.map(a) for a in n.args[3:8])
+    conv = (F.conv1d, F.conv2d, F.conv3d)[CONV_TRANSPOSES.index(n.target)]
+    return b.call(conv, s, w, None, stride, padding, dilation, groups, name=f"c_{b.name(n)}")
+
+
+CONV_TRANSPOSES = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+defop(*CONV_TRANSPOSES, kind=OpKind.CONV)
+for _n, _deconv in enumerate((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), 1):
+    spell(CONV_TRANSPOSES[_n - 1], bind=_conv_transpose_call(_n),
+          modules={_deconv: _conv_transpose})
+relevance(*CONV_TRANSPOSES, rule=LAYER_RULES)(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(n.target, x, w, bias, *_rest(b, n, 3),
+                                            name=f"z_{b.name(n)}"),
+    transpose=_deconv_transpose, weight=1, bias=2,
+)))
+
 # -- dense: linear(x, w, b) ------------------------------------------------------------------------
 defop(F.linear, kind=OpKind.DENSE)
 spell(F.linear, modules={nn.Linear: lambda m: (Param("weight", m.weight), Param("bias", m.bias))},

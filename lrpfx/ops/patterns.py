@@ -29,11 +29,14 @@ from lrpfx import meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.diagnostics import describe
+from lrpfx.ops.layers import CONV_TRANSPOSES
 from lrpfx.ops.table import OPS, Contribution, OpKind, relevance
 from lrpfx.rules import PatternAttribution, PatternNet
 
-# the conv and dense ops, as the table knows them (the layers stanza is loaded before this one)
-LAYERS = tuple(k for k, s in OPS.items() if s.kind in (OpKind.CONV, OpKind.DENSE))
+# the conv and dense ops, as the table knows them (the layers stanza is loaded before this one);
+# transposed convs have no pattern transpose here
+LAYERS = tuple(k for k, s in OPS.items()
+               if s.kind in (OpKind.CONV, OpKind.DENSE) and k not in CONV_TRANSPOSES)
 PATTERN_RULES = (PatternNet, PatternAttribution)
 
 

@@ -7,14 +7,20 @@
   transposed interpolation ``T``. ``antialias`` and ``mode='area'`` are refused.
 - ``F.unfold`` / ``nn.Unfold`` (im2col) and ``Tensor.unfold`` (sliding windows) copy each entry
   into the windows that hold it: routing, ``R_in = fold(R)`` (copies added up).
+  ``F.fold`` / ``nn.Fold`` (col2im) sums overlapping windows: a sum (the linear family, ε-rule),
+  ``R_in = x ⊙ unfold(R / stabilize(fold(x)))``.
+- ``reflect`` / ``replicate`` / ``circular`` pads live with the constant pad (``routing``).
 - ``repeat_interleave(x, n, dim)`` with a number ``n``: copies, added up at their source.
-- ``reshape_as`` / ``view_as``: a reshape; ``nn.ZeroPad*d`` / ``nn.ConstantPad*d``: ``F.pad``.
-- ``amax(x, dim)``: winner takes all (as a max-pool in ``"wta"`` mode): each maximum's
-  relevance goes to the entries equal to it, shared equally between ties.
+- ``reshape_as`` / ``view_as``: a reshape; ``nn.ZeroPad*d``, ``nn.ConstantPad*d``,
+  ``nn.ReflectionPad*d``, ``nn.ReplicationPad*d``, ``nn.CircularPad*d``: ``F.pad``.
+- ``amax(x, dim)`` and the maxima of ``x.max(dim)``: winner takes all (as a max-pool in
+  ``"wta"`` mode): each maximum's relevance goes to the entries equal to it, shared equally
+  between ties.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -110,6 +116,17 @@ def _windows(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contri
                        name=f"r_{b.name(node)}"))]
 
 
+defop(F.fold, kind=OpKind.SUM)
+spell(F.fold, modules={nn.Fold: lambda m: (m.output_size, m.kernel_size, m.dilation, m.padding,
+                                           m.stride)},
+      bind=lambda output_size, kernel_size, dilation=1, padding=0, stride=1: Call(
+          F.fold, (output_size, kernel_size, dilation, padding, stride)))
+relevance(F.fold, rule=(Epsilon, Norm, Flat))(linear_rule(LinearOp(
+    forward=lambda b, n, x, w, bias: b.call(F.fold, x, *b.map(n.args[1:]), name=f"z_{b.name(n)}"),
+    transpose=lambda b, n, s, w: b.call(F.unfold, s, *b.map(n.args[2:]), name=f"c_{b.name(n)}"),
+)))
+
+
 def _bind_repeat(repeats: Any, dim: Any = None, *, output_size: Any = None) -> Converted:
     if isinstance(repeats, (torch.Tensor, fx.Node)) and not _number(repeats):
         return Unsupported("repeat_interleave with a tensor of repeats; give one number")
@@ -143,9 +160,36 @@ _PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.Constant
          nn.ConstantPad3d)
 spell(F.pad, modules={cls: lambda m: (tuple(m.padding), "constant", float(m.value))
                       for cls in _PADS})
+_COPYING_PADS = {nn.ReflectionPad1d: "reflect", nn.ReflectionPad2d: "reflect",
+                 nn.ReflectionPad3d: "reflect", nn.ReplicationPad1d: "replicate",
+                 nn.ReplicationPad2d: "replicate", nn.ReplicationPad3d: "replicate",
+                 nn.CircularPad1d: "circular", nn.CircularPad2d: "circular",
+                 nn.CircularPad3d: "circular"}
+
+
+def _copying_pad(mode: str) -> Callable[[Any], Converted]:
+    return lambda m: Call(F.pad, (tuple(m.padding), mode, 0.0))
+
+
+spell(F.pad, modules={cls: _copying_pad(mode) for cls, mode in _COPYING_PADS.items()})
 
 defop(torch.amax, kind=OpKind.ROUTING, keeps_nonneg=True)
 spell(torch.amax, "amax", bind=lambda dim=(), keepdim=False: Call(torch.amax, (dim, keepdim)))
+
+
+
+
+def _bind_max(dim: Any = None, keepdim: bool = False) -> Converted:
+    if isinstance(dim, fx.Node):
+        return Unsupported("max of two tensors (elementwise); no relevance rule for it")
+    if dim is None:
+        return Call(torch.amax, ((), False))
+    return Call(kernels.max_dim, (dim, keepdim))
+
+
+defop(kernels.max_dim, kind=OpKind.ROUTING, pieces=True)
+spell(kernels.max_dim, torch.max, "max", bind=_bind_max)
+relevance(kernels.max_dim)(routing.pieces)
 
 
 @relevance(torch.amax)

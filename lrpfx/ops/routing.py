@@ -8,7 +8,9 @@
   zeros shaped like the input, and the pieces add up at the input;
 - ``permute``: the inverse permutation; ``transpose``: the same transpose;
   ``unsqueeze``/``squeeze``: a reshape; ``broadcast_to``/``expand_as``: a sum over the broadcast
-  dims; ``pad``: a crop (padded constants keep their relevance).
+  dims; ``pad``: a crop (padded constants keep their relevance), or for the copying modes
+  (reflect, replicate, circular) the copies' relevance added up; ``to``/``type_as``: the
+  relevance cast back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lrpfx import kernels
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.ops.table import (
@@ -39,6 +42,7 @@ from lrpfx.ops.table import (
 _PIECES: dict[Any, Callable[..., torch.Tensor]] = {
     torch.chunk: rt.chunk_transpose, torch.split: rt.split_transpose,
     torch.unbind: rt.select_transpose,  # piece i of unbind(x, d) is select(x, d, i)
+    kernels.max_dim: kernels.max_dim_transpose,  # (maxima, indices) of x.max(d)
 }
 
 ROUTING, RESHAPE = OpKind.ROUTING, OpKind.RESHAPE
@@ -47,6 +51,7 @@ defop(torch.unsqueeze, torch.squeeze, kind=RESHAPE, routes=True)
 defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.getitem,
       torch.roll, kind=ROUTING, routes=True)
 defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, kind=ROUTING)
+defop(kernels.cast, kind=ROUTING, routes=True, keeps_nonneg=True)
 defop(torch.chunk, torch.split, torch.unbind, kind=ROUTING, pieces=True)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
 defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new_zeros",
@@ -92,9 +97,15 @@ def _split(size: Any = None, dim: int = 0, *, split_size_or_sections: Any = None
 
 
 def _bind_pad(pad: Any, mode: str = "constant", value: float | None = None) -> Converted:
-    if mode != "constant":
-        return Unsupported(f"F.pad with mode={mode!r}; only 'constant' is supported")
-    return Call(F.pad, (tuple(pad), "constant", 0.0 if value is None else value))
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        return Unsupported(f"F.pad with mode={mode!r}")
+    return Call(F.pad, (tuple(pad), mode, 0.0 if value is None else value))
+
+
+def _bind_cast(*args: Any, **kwargs: Any) -> Converted:
+    if kwargs.get("memory_format") is not None:  # a layout, not a value: nothing to route
+        kwargs = {k: v for k, v in kwargs.items() if k != "memory_format"}
+    return Call(kernels.cast, args, kwargs)
 
 
 spell(torch.reshape, "view", "reshape",
@@ -122,6 +133,7 @@ spell(torch.narrow, "narrow",
       bind=lambda dim, start, length: Call(torch.narrow, (dim, start, length)))
 spell(torch.select, "select", bind=lambda dim, index: Call(torch.select, (dim, index)))
 spell(F.pad, bind=_bind_pad)
+spell(kernels.cast, "to", "type_as", bind=_bind_cast)
 spell(torch.roll, "roll", bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
 
 
@@ -156,7 +168,7 @@ def _stack(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribu
 
 
 @relevance(torch.chunk, torch.split, torch.unbind)
-def _pieces(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+def pieces(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     """The pieces' relevance reaches the input through their ``getitem`` nodes (see below)."""
     return []
 
@@ -222,6 +234,18 @@ def _expand(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contrib
 
 @relevance(F.pad)
 def _pad(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
-    x, pad = node.args[:2]
+    """Constant: the crop back. Reflect, replicate, circular: the copies' relevance added up."""
+    x, pad, mode = node.args[:3]
     assert isinstance(x, fx.Node)
-    return [(x, b.call(rt.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
+    if mode == "constant":
+        return [(x, b.call(rt.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
+    return [(x, b.call(kernels.pad_copies_transpose, rel, b[x], b.map(pad), mode,
+                       name=f"r_{b.name(node)}"))]
+
+
+@relevance(kernels.cast)
+def _cast(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+    """A change of dtype: the relevance goes back in the input's dtype."""
+    x = node.args[0]
+    assert isinstance(x, fx.Node)
+    return [(x, b.call(kernels.cast_back, rel, b[x], name=f"r_{b.name(node)}"))]
