@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import lrpfx
 from lrpfx import composites, demo, filters, guard, heatmap
+from lrpfx.dataset import command as dataset_command
 from lrpfx.errors import LrpfxError
 from lrpfx.evaluation import command as evaluation_command
 from lrpfx.images import (
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--cmap", default="bwr", choices=sorted(heatmap.COLORMAPS))
     explain.add_argument("--no-download", action="store_true",
                          help="do not try to download pretrained weights")
+    dataset_command.add_options(explain)
     show = commands.add_parser("show", help="print the annotated graph of a model")
     _common(show)
     commands.add_parser("demo", help="run the digits demo (lrpfx.demo); further "
@@ -237,7 +239,10 @@ def _check_input(explainer: lrpfx.Explainer, args: argparse.Namespace) -> None:
 
 
 def explain_command(args: argparse.Namespace, console: Console) -> int:
-    """``lrpfx explain``: every image through the explainer, one PNG each."""
+    """``lrpfx explain``: every image through the explainer, one PNG each (into a dataset
+    store with ``--store``: ``lrpfx.dataset.command``)."""
+    if args.store is not None:
+        return dataset_command.run(args, console)
     _check_options(args)
     images, others = find_images(args.paths)
     _target(args.target)  # a malformed target fails before any work

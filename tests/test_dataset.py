@@ -1,0 +1,179 @@
+"""Dataset runs (``lrpfx.dataset``): shards split by index without duplicates, a store whose
+index and maps hold what the explainer gives, failures listed with the reason, resuming after
+a kill gives byte-identical files, and 2 processes under torchrun give what 1 gives."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+
+import lrpfx
+from lrpfx import cli, concepts, dataset
+from lrpfx.dataset.runner import batches
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).parent.parent
+
+
+class Blobs(torch.utils.data.Dataset):
+    """``n`` random 3x12x12 inputs (seeded by index); the items in ``broken`` raise."""
+
+    def __init__(self, n: int = 23, broken: tuple[int, ...] = (5,)) -> None:
+        self.n, self.broken = n, broken
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i in self.broken:
+            raise OSError(f"item {i} is broken")
+        return torch.randn(3, 12, 12, generator=torch.Generator().manual_seed(i))
+
+
+def small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+
+
+OPTIONS = dataset.Options(batch_size=4, shard_size=5, downsample=2)
+
+
+def files(store: Path) -> dict[str, bytes]:
+    """Every file of a store but its temporary ones, by relative path."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize(("items", "size", "world"), [(23, 5, 2), (10, 3, 4), (3, 8, 2)])
+def test_every_item_in_exactly_one_shard_of_one_process(items, size, world):
+    options = dataset.Options(batch_size=2, shard_size=size)
+    seen = [i for rank in range(world)
+            for batch in batches(dataset.shards_of(items, size, rank, world), items, options)
+            for i in batch]
+    assert sorted(seen) == list(range(items))
+    for batch in batches(range(-(-items // size)), items, options):
+        assert len({i // size for i in batch}) == 1  # no batch across a shard's end
+
+
+def test_the_store_holds_what_the_explainer_gives(tmp_path):
+    model = small()
+    crp = concepts.compile(model, "epsilon-plus", layer="2")
+    manifest = dataset.explain_dataset(crp, Blobs(), tmp_path, options=OPTIONS,
+                                       names=[f"item{i}" for i in range(23)])
+    assert manifest is not None and manifest["items"] == 23 and manifest["failed"] == 1
+    rows = dataset.read_index(tmp_path)
+    assert [int(r["index"]) for r in rows] == list(range(23))
+    assert rows[5]["status"] == "error" and rows[5]["error"] == "item 5 is broken"
+    assert (rows[5]["shard"], rows[5]["row"], rows[5]["logit"]) == ("1", "0", "")
+    x = torch.stack([Blobs()[i] for i in range(10, 15)])  # shard 2
+    out = lrpfx.compile(model, "epsilon-plus")(x)
+    maps = dataset.store.load_maps(tmp_path, 2)
+    assert maps.dtype == np.float16 and maps.shape == (5, 6, 6)
+    summed = out.relevance.sum(1).unflatten(1, (6, 2)).unflatten(3, (6, 2)).sum((2, 4))
+    np.testing.assert_allclose(maps, summed.numpy(), rtol=2e-3, atol=1e-5)
+    for j, row in enumerate(rows[10:15]):
+        assert row["path"] == f"item{10 + j}" and int(row["target"]) == out.output[j].argmax()
+        assert float(row["logit"]) == pytest.approx(float(out.output[j].max()), rel=1e-12)
+        assert float(row["relevance_sum"]) == pytest.approx(float(out.relevance[j].sum()))
+    channels = np.load(tmp_path / "shards" / "000002.channels.npy")
+    np.testing.assert_allclose(channels, crp.relevances(x).numpy(), rtol=1e-6)
+    assert np.isnan(np.load(tmp_path / "shards" / "000001.channels.npy")[0]).all()
+
+
+def test_shards_of_two_ranks_and_a_resumed_run_are_byte_identical(tmp_path, monkeypatch):
+    explainer = lrpfx.compile(small(), "epsilon-plus")
+    dataset.explain_dataset(explainer, Blobs(), tmp_path / "one", options=OPTIONS)
+    expected = files(tmp_path / "one")
+    for rank in (1, 0):  # rank 1 returns at once; rank 0 finds its peer's shards and merges
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        result = dataset.explain_dataset(explainer, Blobs(), tmp_path / "two", options=OPTIONS)
+        assert (result is None) == (rank == 1)
+    assert files(tmp_path / "two") == expected
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    shards = tmp_path / "one" / "shards"  # as a kill leaves it: records, files, leftovers
+    (shards / "000003.json").unlink()
+    (shards / "000004.npy").write_bytes(b"half")  # a shard whose file does not match its record
+    (shards / ".000001.npy.123.tmp").write_bytes(b"partial")
+    (tmp_path / "one" / "index.csv").unlink()
+    before = (shards / "000000.npy").stat().st_mtime_ns
+    dataset.explain_dataset(explainer, Blobs(), tmp_path / "one", options=OPTIONS)
+    assert files(tmp_path / "one") == expected
+    assert (shards / "000000.npy").stat().st_mtime_ns == before  # finished: not redone
+
+
+def test_a_store_of_another_run_is_refused(tmp_path):
+    explainer = lrpfx.compile(small(), "epsilon-plus")
+    dataset.explain_dataset(explainer, Blobs(), tmp_path, options=OPTIONS)
+    with pytest.raises(dataset.StoreError, match="holds another run.*batch_size: 4 there, 2"):
+        dataset.explain_dataset(explainer, Blobs(), tmp_path,
+                                options=dataset.Options(batch_size=2, shard_size=5, downsample=2))
+    with pytest.raises(dataset.StoreError, match="items: 23 there, 22 now"):
+        dataset.explain_dataset(explainer, Blobs(22), tmp_path, options=OPTIONS)
+
+
+# -- the command line, on one process and under torchrun --------------------------------------
+def images(folder: Path, count: int) -> Path:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from examples.dataset_scale import make_images
+    finally:
+        sys.path.remove(str(ROOT))
+    make_images(folder, count, size=20)
+    return folder
+
+
+def store_args(data: Path, store: Path) -> list[str]:
+    return ["explain", str(data), "--arch", f"{ROOT / 'examples' / 'dataset_scale.py'}:tiny_cnn",
+            "--store", str(store), "--size", "16", "--batch-size", "3", "--shard-size", "4",
+            "--workers", "1", "--rules", "epsilon-plus", "--layer", "4"]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    console = Console(file=io.StringIO(), width=200)
+    status = cli.main(argv, console)
+    return status, console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_cli_store_lists_unreadable_images_and_refuses_a_bad_layer(tmp_path):
+    data = images(tmp_path / "images", 6)
+    status, text = run_cli(store_args(data, tmp_path / "store"))
+    assert status == 1, text
+    assert "broken.png: not a readable image" in text and "6 of 7 image(s)" in text
+    rows = dataset.read_index(tmp_path / "store")
+    assert [r["status"] for r in rows] == ["error"] + ["ok"] * 6
+    assert not (tmp_path / "out").exists()
+    bad = store_args(data, tmp_path / "other")
+    bad[bad.index("--layer") + 1] = "nope"
+    status, text = run_cli(bad)
+    assert status == 2 and "--layer: record: no node named 'nope'" in text
+
+
+def torchrun(data: Path, store: Path, processes: int, **env: str) -> int:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "lrpfx", *store_args(data, store)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True,
+                          timeout=240).returncode
+
+
+def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path):
+    data = images(tmp_path / "images", 19)  # and broken.png: 20 items, 5 shards
+    torch.set_default_dtype(torch.float32)  # as in the torchrun processes: the same weights
+    assert run_cli(store_args(data, tmp_path / "one"))[0] == 1
+    assert torchrun(data, tmp_path / "two", 2, LRPFX_STOP_AFTER_SHARDS="1") != 0
+    committed = list((tmp_path / "two" / "shards").glob("*.json"))
+    assert 1 <= len(committed) < 5 and not (tmp_path / "two" / "index.csv").exists()
+    assert torchrun(data, tmp_path / "two", 2) == 1  # 1: the unreadable image
+    assert files(tmp_path / "two") == files(tmp_path / "one")
