@@ -239,10 +239,10 @@ def _check_input(explainer: lrpfx.Explainer, args: argparse.Namespace) -> None:
 
 
 def explain_command(args: argparse.Namespace, console: Console) -> int:
-    """``lrpfx explain``: every image through the explainer, one PNG each (into a dataset
-    store with ``--store``: ``lrpfx.dataset.command``)."""
+    """``lrpfx explain``: every image through the explainer, one PNG each; with ``--store``,
+    into a dataset store, on every process of a ``torchrun`` job (``lrpfx.dataset.command``)."""
     if args.store is not None:
-        return dataset_command.run(args, console)
+        console = dataset_command.setup(args, console)
     _check_options(args)
     images, others = find_images(args.paths)
     _target(args.target)  # a malformed target fails before any work
@@ -254,9 +254,13 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
     if not images:
         raise InputError(f"no images in {', '.join(map(str, args.paths))}")
     loaded = _load(args, console, download=not args.no_download)
-    explainer = _compile(args, loaded.model, args.batch_size).to(args.device)
+    explainer = (dataset_command.compile_concepts(args, loaded.model, composite_for(
+        args.rules, args.top_k)) if args.store and args.layer
+        else _compile(args, loaded.model, args.batch_size)).to(args.device)
     _check_input(explainer, args)
     _check_target(_target(args.target), explainer, args)
+    if args.store is not None:
+        return dataset_command.run(args, console, explainer, images, loaded.weights)
     names = _output_names(images, args.out)
     failed = _run(explainer, images, names, args, loaded, console)
     done = len(images) - failed

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 import lrpfx
 from lrpfx import concepts
 from lrpfx.dataset.runner import Options, explain_dataset, rank_and_world
-from lrpfx.images import IMAGE_SUFFIXES, InputError, find_images, load_image, preprocess
+from lrpfx.images import InputError, load_image, preprocess
 
 
 class ImageFiles(Dataset[torch.Tensor]):
@@ -59,85 +59,62 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    from lrpfx.cli import _target
-
+    target = None if args.target == "pred" else int(args.target)  # checked by lrpfx.cli
     try:
         return Options(batch_size=args.batch_size, shard_size=args.shard_size,
                        workers=args.workers, downsample=args.downsample,
-                       dtype=args.map_dtype, target=_target(args.target))
+                       dtype=args.map_dtype, target=target)
     except ValueError as error:
         raise InputError(str(error).replace("_", "-", 1)) from None
 
 
-def _explainer(args: argparse.Namespace, model: torch.nn.Module) -> lrpfx.Explainer:
-    from lrpfx.cli import _compile, composite_for
+def setup(args: argparse.Namespace, console: Console) -> Console:
+    """Before ``lrpfx explain --store`` loads anything: check the dataset options, join the
+    process group under ``torchrun`` (gloo on CPU, nccl on CUDA, each process on the GPU of its
+    ``LOCAL_RANK``); returns the console of this process (a quiet one but on rank 0: the
+    failures of every process are in the index)."""
+    args.out = None  # no PNGs
+    if args.device == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and dist.is_available() and \
+            not dist.is_initialized():
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    return console if rank_and_world()[0] == 0 else Console(quiet=True)
 
-    if not args.layer:
-        return _compile(args, model, args.batch_size)
+
+def compile_concepts(args: argparse.Namespace, model: torch.nn.Module,
+                     composite: Any) -> concepts.ConceptExplainer:
+    """The explainer for ``--layer``: a ``ConceptExplainer`` of that layer, float32."""
     try:
-        return concepts.compile(model, composite_for(args.rules, args.top_k), layer=args.layer,
-                                maxpool=args.maxpool, strip_softmax=True).float()
+        return concepts.compile(model, composite, layer=args.layer, maxpool=args.maxpool,
+                                strip_softmax=True).float()
     except ValueError as error:
         raise InputError(f"--layer: {error}") from None
 
 
-def _device(args: argparse.Namespace) -> torch.device:
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def _join_job(device: torch.device) -> bool:
-    """Under ``torchrun`` with several processes: join the process group (gloo on CPU, nccl
-    on CUDA); returns whether this call did."""
-    dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", 1)) < 2 or not dist.is_available() or \
-            dist.is_initialized():
-        return False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
-def run(args: argparse.Namespace, console: Console) -> int:
-    """``lrpfx explain ... --store DIR``; exit status 1 on rank 0 when some items failed."""
-    from lrpfx.cli import _check_input, _check_options, _check_target, _load, _target
-
-    args.out = None
-    _check_options(args)
-    options = _options(args)
-    images, others = find_images(args.paths)
-    device = _device(args)
-    joined = _join_job(device)
+def run(args: argparse.Namespace, console: Console, explainer: lrpfx.Explainer,
+        images: list[Path], weights: str) -> int:
+    """Explain ``images`` into ``--store`` on this process's shards; on rank 0 wait for the
+    others, write the index and the manifest and report. Exit status: 1 on rank 0 when some
+    images could not be read, else 0."""
+    config: dict[str, Any] = {"arch": args.arch, "weights": weights, "rules": args.rules,
+                              "maxpool": args.maxpool, "top_k": args.top_k, "size": args.size}
     try:
-        rank, world = rank_and_world()
-        quiet = Console(quiet=True) if rank else console
-        for other in others:
-            quiet.print(f"[yellow]ignored[/] {escape(str(other))}: not an image file name "
-                        f"({' '.join(sorted(IMAGE_SUFFIXES))})", highlight=False)
-        if not images:
-            raise InputError(f"no images in {', '.join(map(str, args.paths))}")
-        loaded = _load(args, quiet, download=not args.no_download)
-        explainer = _explainer(args, loaded.model).to(device)
-        _check_input(explainer, args)
-        _check_target(_target(args.target), explainer, args)
-        config: dict[str, Any] = {"arch": args.arch, "weights": loaded.weights,
-                                  "rules": args.rules, "maxpool": args.maxpool,
-                                  "top_k": args.top_k, "size": args.size}
         start = time.perf_counter()
         manifest = explain_dataset(explainer, ImageFiles(images, args.size), args.store,
-                                   names=[str(p) for p in images], options=options,
-                                   config=config, device=device, console=console)
+                                   names=[str(p) for p in images], options=_options(args),
+                                   config=config, device=args.device, console=console)
         if manifest is None:
             return 0
-        seconds, failed = time.perf_counter() - start, manifest["failed"]
-        console.print(f"{manifest['items'] - failed} of {manifest['items']} image(s) explained "
-                      f"into {escape(str(args.store))} on {world} process(es)"
-                      + (f"; [red]{failed} failed[/]" if failed else "")
-                      + f" [dim]({seconds:.1f} s, {manifest['items'] / seconds:.1f} images/s)[/]",
+        seconds, failed, items = time.perf_counter() - start, manifest["failed"], \
+            manifest["items"]
+        console.print(f"{items - failed} of {items} image(s) explained into "
+                      f"{escape(str(args.store))} on {rank_and_world()[1]} process(es)"
+                      + (f"; [red]{failed} failed[/] (listed in index.csv)" if failed else "")
+                      + f" [dim]({seconds:.1f} s, {items / seconds:.1f} images/s)[/]",
                       highlight=False)
         return 1 if failed else 0
     finally:
-        if joined:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
