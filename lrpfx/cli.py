@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run the digits demo (lrpfx.demo); further "
                         "options (--epochs, --out) go to it")
     evaluation_command.add_parsers(commands)
+    dataset_command.add_parsers(commands)
     return parser
 
 
@@ -324,7 +325,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_command,
             "evaluate": evaluation_command.evaluate_command,
-            "tune": evaluation_command.tune_command}
+            "tune": evaluation_command.tune_command, "grid": dataset_command.grid_command}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

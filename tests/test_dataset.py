@@ -4,6 +4,7 @@ a kill gives byte-identical files, and 2 processes under torchrun give what 1 gi
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import subprocess
@@ -19,6 +20,7 @@ from torch import nn
 import lrpfx
 from lrpfx import cli, concepts, dataset
 from lrpfx.dataset.runner import batches
+from lrpfx.images import load_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).parent.parent
@@ -148,12 +150,17 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 def test_cli_store_lists_unreadable_images_and_refuses_a_bad_layer(tmp_path):
     data = images(tmp_path / "images", 6)
-    status, text = run_cli(store_args(data, tmp_path / "store"))
+    status, text = run_cli([*store_args(data, tmp_path / "store"), "--maximize", "2"])
     assert status == 1, text
     assert "broken.png: not a readable image" in text and "6 of 7 image(s)" in text
     rows = dataset.read_index(tmp_path / "store")
     assert [r["status"] for r in rows] == ["error"] + ["ok"] * 6
     assert not (tmp_path / "out").exists()
+    status, text = run_cli(["grid", str(tmp_path / "store"), "7", "--tile", "20"])
+    assert status == 0 and "grid-7.png" in text, text
+    assert load_image(tmp_path / "store" / "grid-7.png").shape == (3, 2 + 2 * 22, 2 + 2 * 22)
+    status, text = run_cli([*store_args(data, tmp_path / "x"), "--layer", "", "--maximize", "2"])
+    assert status == 2 and "--maximize needs --layer" in text
     bad = store_args(data, tmp_path / "other")
     bad[bad.index("--layer") + 1] = "nope"
     status, text = run_cli(bad)
@@ -177,3 +184,49 @@ def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path):
     assert 1 <= len(committed) < 5 and not (tmp_path / "two" / "index.csv").exists()
     assert torchrun(data, tmp_path / "two", 2) == 1  # 1: the unreadable image
     assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+# -- relevance maximization --------------------------------------------------------------------
+def test_relevance_maximization_ranks_items_by_channel_relevance(tmp_path):
+    from lrpfx.dataset import maximize
+
+    crp = concepts.compile(small(), "epsilon-plus", layer="2")
+    data = Blobs(23, broken=(5, 11))
+    dataset.explain_dataset(crp, data, tmp_path, options=OPTIONS)
+    indices = maximize.maximize(crp, data, tmp_path, k=4)
+    everything = np.concatenate([np.load(tmp_path / "shards" / f"{k:06d}.channels.npy")
+                                 for k in range(5)])  # (23, 6), NaN rows for the broken ones
+    for c in range(6):
+        order = [i for i in np.argsort(-everything[:, c], kind="stable")
+                 if not np.isnan(everything[i, c])]
+        assert list(indices[c]) == order[:4]
+    with open(tmp_path / "maximization.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 24 and [int(r["rank"]) for r in rows[:4]] == [0, 1, 2, 3]
+    heatmaps = np.load(tmp_path / "maximization.heatmaps.npy")
+    c, item = 3, int(indices[3, 1])
+    assert int(rows[13]["index"]) == item and rows[13]["channel"] == "3"
+    target = int(dataset.read_index(tmp_path)[item]["target"])
+    reference = crp(data[item][None], [c], target).relevance[0, 0].sum(0)  # (12, 12)
+    pooled = reference.unflatten(0, (6, 2)).unflatten(2, (6, 2)).sum((1, 3))  # downsample=2
+    np.testing.assert_allclose(heatmaps[c, 1], pooled.numpy(), rtol=2e-3, atol=1e-7)
+    box = [int(rows[13][k]) for k in ("top", "left", "bottom", "right")]
+    assert box == list(maximize.region(reference))
+    png = maximize.reference_grid(tmp_path, 3, data, tmp_path / "grid.png", (0, 0, 0),
+                                  (1, 1, 1), tile=16)
+    picture = load_image(png)
+    assert picture.shape == (3, 2 + 2 * 18, 2 + 4 * 18)  # 4 regions over their heatmaps
+    with pytest.raises(dataset.StoreError, match="channel 9 is not in the maximization"):
+        maximize.reference_grid(tmp_path, 9, data, tmp_path / "x.png", (0,), (1,))
+
+
+def test_region_is_the_box_of_the_strong_positive_relevance():
+    from lrpfx.dataset.maximize import region
+
+    heat = torch.zeros(48, 48)
+    heat[10:20, 30:40] = 1.0
+    heat[40, 0] = 0.05  # weak: outside the region
+    heat[0:5, 0:5] = -3.0  # negative: never in the region
+    top, left, bottom, right = region(heat)
+    assert 7 <= top <= 10 and 19 <= bottom <= 23 and 27 <= left <= 30 and 40 <= right <= 43
+    assert region(-heat.abs()) == (0, 0, 48, 48)

@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 
 import lrpfx
 from lrpfx import concepts
+from lrpfx.dataset.maximize import maximize, read_manifest, reference_grid
 from lrpfx.dataset.runner import Options, explain_dataset, rank_and_world
-from lrpfx.images import InputError, load_image, preprocess
+from lrpfx.images import IMAGENET_MEAN, IMAGENET_STD, InputError, load_image, preprocess
 
 
 class ImageFiles(Dataset[torch.Tensor]):
@@ -56,6 +57,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--map-dtype", default="float16", choices=("float16", "float32"))
     group.add_argument("--layer", help="concept layer (CRP): also store the relevance of "
                                        "each of its channels per image")
+    group.add_argument("--maximize", type=int, default=0, metavar="K",
+                       help="with --layer: the K most relevant images of every channel and "
+                            "their regions (relevance maximization; then: lrpfx grid DIR C)")
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -74,6 +78,10 @@ def setup(args: argparse.Namespace, console: Console) -> Console:
     ``LOCAL_RANK``); returns the console of this process (a quiet one but on rank 0: the
     failures of every process are in the index)."""
     args.out = None  # no PNGs
+    if args.maximize and not args.layer:
+        raise InputError("--maximize needs --layer (the layer whose channels are ranked)")
+    if args.maximize < 0:
+        raise InputError(f"--maximize must be a positive number of images, got {args.maximize}")
     if args.device == "cuda" and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist = torch.distributed
@@ -113,8 +121,40 @@ def run(args: argparse.Namespace, console: Console, explainer: lrpfx.Explainer,
                       f"{escape(str(args.store))} on {rank_and_world()[1]} process(es)"
                       + (f"; [red]{failed} failed[/] (listed in index.csv)" if failed else "")
                       + f" [dim]({seconds:.1f} s, {items / seconds:.1f} images/s)[/]",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
+        if args.maximize:
+            maximize(explainer, ImageFiles(images, args.size), args.store,  # type: ignore[arg-type]
+                     args.maximize, device=args.device)
+            console.print(f"the {args.maximize} most relevant images of every channel of "
+                          f"{args.layer}: {escape(str(args.store / 'maximization.csv'))}",
+                          highlight=False, soft_wrap=True)
         return 1 if failed else 0
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def add_parsers(commands: Any) -> None:
+    """``lrpfx grid``."""
+    grid = commands.add_parser("grid", help="a PNG of the most relevant image regions of one "
+                               "channel, from a store made with --layer and --maximize")
+    grid.add_argument("store", type=Path, metavar="STORE")
+    grid.add_argument("channel", type=int, metavar="CHANNEL")
+    grid.add_argument("--out", type=Path, help="the PNG (default: STORE/grid-CHANNEL.png)")
+    grid.add_argument("--tile", type=int, default=96, help="pixels per region (default: 96)")
+
+
+def grid_command(args: argparse.Namespace, console: Console) -> int:
+    """``lrpfx grid STORE CHANNEL``: ``maximize.reference_grid`` of the store's images."""
+    config = read_manifest(args.store)["config"]
+    if "size" not in config:
+        raise InputError(f"{args.store}: not a store of image files (lrpfx explain --store)")
+    from lrpfx.dataset.store import read_index
+
+    paths = [Path(row["path"]) for row in read_index(args.store)]
+    out = args.out or args.store / f"grid-{args.channel}.png"
+    reference_grid(args.store, args.channel, ImageFiles(paths, config["size"]), out,
+                   IMAGENET_MEAN, IMAGENET_STD, args.tile)
+    console.print(f"channel {args.channel} of {config['layer']}: {escape(str(out))}",
+                  highlight=False, soft_wrap=True)
+    return 0

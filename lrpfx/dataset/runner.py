@@ -106,7 +106,7 @@ def batches(shards: Sequence[int], items: int, options: Options) -> list[list[in
     return result
 
 
-def _maps(relevance: torch.Tensor, downsample: int) -> torch.Tensor:
+def relevance_maps(relevance: torch.Tensor, downsample: int) -> torch.Tensor:
     """Relevance maps: an image's relevance summed over its channels, then over
     ``downsample`` x ``downsample`` blocks; other inputs as they are."""
     if relevance.dim() != 4:
@@ -161,7 +161,7 @@ def _compute(explainer: Any, batch: list[Item], options: Options,
     n = len(good)
     out = _explain(explainer, torch.stack([t for _, t in good]).to(device), options.target)
     layer = getattr(explainer, "layer", None)
-    maps = _maps(out.relevance[:n].float(), options.downsample).cpu()
+    maps = relevance_maps(out.relevance[:n].float(), options.downsample).cpu()
     sums = out.relevance[:n].flatten(1).double().sum(1).cpu()
     chans = channel_relevance(out.layers[layer][:n]).float().cpu() if layer else None
     logits = out.output[:n].double().cpu()
