@@ -2,6 +2,8 @@
 digits demo.
 
     lrpfx explain photos/ --arch vgg16 --out heatmaps/      # one heatmap PNG per image
+    torchrun --nproc-per-node 4 -m lrpfx explain photos/ --store run/   # a dataset store
+    lrpfx grid run/ 17                                      # a concept's reference regions
     lrpfx show --arch resnet50 --rules epsilon-plus-flat    # the annotated graph
     lrpfx demo                                              # the digits main job
     lrpfx evaluate [photos/ --arch vgg16]                   # presets by faithfulness
