@@ -54,12 +54,13 @@ def condition(relevance: torch.Tensor, channels: torch.Tensor | None) -> torch.T
     ``channels`` set to zero; ``channels`` is ``(N, M)``, padded with ``-1``; None keeps all.
 
     Raises:
-        ValueError: a channel that the layer does not have.
+        ValueError: a channel that the layer does not have (under ``torch.compile``,
+            ``ConceptExplainer`` checks it before the call once it knows the layer's width).
     """
     if channels is None:
         return relevance
     n, c = relevance.shape[:2]
-    if channels.numel() and int(channels.max()) >= c:
+    if not torch.compiler.is_compiling() and channels.numel() and int(channels.max()) >= c:
         raise ValueError(f"concept channel {int(channels.max())} is not a channel of the layer "
                          f"(it has {c}: 0..{c - 1})")
     index = torch.where(channels < 0, c, channels)  # padding goes to a column that is cut off
@@ -172,7 +173,8 @@ class ConceptExplainer(Explainer):
 
     layer: str
     bypassed: bool
-    _channels: torch.Tensor | None = None
+    _channels: torch.Tensor | None = None  # the mask rows of the call under way
+    _width: int | None = None  # the layer's number of channels, once seen
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, concepts: ConceptSpec, target: int | torch.Tensor | None = None,
@@ -190,6 +192,9 @@ class ConceptExplainer(Explainer):
             concept ``k``.
         """
         rows = channel_rows(concepts, x.device)
+        if self._width is not None and int(rows.max()) >= self._width:
+            raise ValueError(f"concept channel {int(rows.max())} is not a channel of the layer "
+                             f"(it has {self._width}: 0..{self._width - 1})")
         k = rows.shape[0]
         out = self._run(x.repeat_interleave(k, dim=0), rows.repeat(x.shape[0], 1),
                         _expand(target, k), _expand(output_relevance, k))
@@ -218,7 +223,9 @@ class ConceptExplainer(Explainer):
             with warnings.catch_warnings():  # a concept with no relevance is an answer
                 if channels is not None:
                     warnings.simplefilter("ignore", VanishedRelevanceWarning)
-                return super().forward(x, target, output_relevance=output_relevance)
+                out = super().forward(x, target, output_relevance=output_relevance)
+            self._width = out.layers[self.layer].shape[1]
+            return out
         finally:
             self._channels = None
 

@@ -108,7 +108,10 @@ def test_the_program_is_one_generated_function_and_errors_are_named():
     assert set(out.layers) == {"7"} and out.layers["7"].shape == (1, 2, 16)
     torch.testing.assert_close(out.layers["7"][:, 0], out.layers["7"][:, 1])  # above: same
     with pytest.raises(ValueError, match="concept channel 8 is not a channel"):
-        crp(x, concepts=[8])
+        crp(x, concepts=[8])  # checked before the call: the layer's width is known
+    fresh = concepts.compile(model, "epsilon-plus", layer="3")
+    with pytest.raises(ValueError, match="concept channel 9 is not a channel .*0..7"):
+        fresh(x, concepts=[1, 9])  # checked in the program: its first call
     with pytest.raises(ValueError, match="non-empty list"):
         crp(x, concepts=[[]])
     with pytest.raises(ValueError, match="at least one concept"):
