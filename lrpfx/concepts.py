@@ -246,6 +246,9 @@ def compile(  # noqa: A001  (lrpfx.concepts.compile, as lrpfx.compile)
             (``"features.10"``) or an fx node name.
         record: further layers to record.
 
+    An explainer compiled with ``example_inputs`` (static shapes) takes batches of that size
+    only: for ``N`` inputs and ``K`` concepts per call, give an example batch of ``N·K``.
+
     Raises:
         ValueError: ``layer`` is not a node on the relevance path (the names that are listed).
 

@@ -230,3 +230,19 @@ def test_region_is_the_box_of_the_strong_positive_relevance():
     top, left, bottom, right = region(heat)
     assert 7 <= top <= 10 and 19 <= bottom <= 23 and 27 <= left <= 30 and 40 <= right <= 43
     assert region(-heat.abs()) == (0, 0, 48, 48)
+
+
+def test_inside_a_users_process_group_rank_and_world_come_from_it(tmp_path, monkeypatch):
+    dist = torch.distributed
+    monkeypatch.setenv("RANK", "1")  # stale variables: the initialized group has precedence
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0,
+                            world_size=1)
+    try:
+        assert dataset.rank_and_world() == (0, 1)
+        explainer = lrpfx.compile(small(), "epsilon-plus")
+        manifest = dataset.explain_dataset(explainer, Blobs(7, broken=()), tmp_path / "store",
+                                           options=OPTIONS)
+    finally:
+        dist.destroy_process_group()
+    assert manifest is not None and manifest["items"] == 7 and manifest["failed"] == 0
