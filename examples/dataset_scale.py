@@ -6,8 +6,9 @@ throughput of each (CPU, gloo).
 It generates ``--images`` PNG images (and one unreadable file), explains them with a small
 CNN (``tiny_cnn`` below, fixed random weights) into a store with ``torchrun
 --standalone --nproc-per-node 1`` and ``2``, checks that both stores hold byte-identical
-shards and index, kills a 2-process run after its first shards and resumes it, checks that
-again, and prints images per second of each run.
+shards and index, stops a 2-process run after its first shards (``LRPFX_STOP_AFTER_SHARDS``)
+and kills another one with SIGKILL, resumes both, checks them again, and prints images per
+second of each run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import filecmp
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +79,23 @@ def explain(data: Path, store: Path, processes: int, *extra: str,
     return done.returncode, wall, float(found.group(1)) if found else float("nan")
 
 
+def kill_midway(data: Path, store: Path, processes: int, *extra: str) -> int:
+    """Start the run, SIGKILL torchrun and its workers as soon as two shards are committed;
+    returns how many were then."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "lrpfx", "explain", str(data),
+               "--arch", f"{HERE}:tiny_cnn", "--store", str(store), "--rules", "epsilon-plus",
+               *extra]
+    job = subprocess.Popen(command, cwd=HERE.parent.parent, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while job.poll() is None and len(list(store.glob("shards/*.json"))) < 2:
+        time.sleep(0.01)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    return len(list(store.glob("shards/*.json")))
+
+
 def same_store(a: Path, b: Path) -> bool:
     """Byte-identical shards, index and channel relevances."""
     names = sorted(p.name for p in (a / "shards").iterdir() if not p.name.startswith("."))
@@ -107,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     killed, _, _ = explain(data, resumed, 2, *common, env={"LRPFX_STOP_AFTER_SHARDS": "2"})
     partial = len(list((resumed / "shards").glob("*.json")))
     status, _, _ = explain(data, resumed, 2, *common)
+    killed_hard = args.work / "store-killed"
+    shutil.rmtree(killed_hard, ignore_errors=True)
+    hard = kill_midway(data, killed_hard, 2, *common)
+    after_kill, _, _ = explain(data, killed_hard, 2, *common)
     items = args.images + 1
     print(f"{items} items ({args.images} PNG images of 48x48 at --size {args.size}, 1 "
           f"unreadable), tiny_cnn, CPU, OMP_NUM_THREADS=1 per process, "
@@ -117,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {processes} | {seconds:.1f} | {items / seconds:.1f} | {wall:.1f} | {code} |")
     same = same_store(args.work / "store-1", args.work / "store-2")
     print(f"1 process == 2 processes, byte for byte: {same}")
-    print(f"killed run (exit {killed}, {partial} shards committed), resumed (exit {status}) == "
+    print(f"stopped run (exit {killed}, {partial} shards committed), resumed (exit {status}) == "
           f"uninterrupted: {same_store(args.work / 'store-1', resumed)}")
+    print(f"SIGKILL to the whole job after {hard} shards, resumed (exit {after_kill}) == "
+          f"uninterrupted: {same_store(args.work / 'store-1', killed_hard)}")
 
 
 if __name__ == "__main__":
