@@ -246,3 +246,22 @@ def test_inside_a_users_process_group_rank_and_world_come_from_it(tmp_path, monk
     finally:
         dist.destroy_process_group()
     assert manifest is not None and manifest["items"] == 7 and manifest["failed"] == 0
+
+
+class Huge(Blobs):
+    """Item 3 is finite but so large that the model's values overflow."""
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return super().__getitem__(i) * (1e307 if i == 3 else 1.0)
+
+
+def test_an_item_without_a_finite_explanation_is_listed_and_its_batch_kept(tmp_path):
+    explainer = lrpfx.compile(small(), "epsilon-plus")
+    manifest = dataset.explain_dataset(explainer, Huge(9, broken=()), tmp_path, options=OPTIONS)
+    assert manifest is not None and manifest["failed"] == 1
+    rows = dataset.read_index(tmp_path)
+    assert rows[3]["status"] == "error" and rows[3]["error"].startswith("NonFiniteError")
+    assert [r["status"] for r in rows[:5]] == ["ok"] * 3 + ["error", "ok"]
+    x = torch.stack([Blobs()[i] for i in (0, 1, 2)])
+    sums = lrpfx.compile(small(), "epsilon-plus")(x).relevance.sum((1, 2, 3))
+    assert [float(r["relevance_sum"]) for r in rows[:3]] == pytest.approx(sums.tolist())

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lrpfx.concepts import channel_relevance
 from lrpfx.dataset.store import Store
+from lrpfx.errors import NonFiniteError
 
 STOP_AFTER = "LRPFX_STOP_AFTER_SHARDS"  # testing aid: exit abruptly after committing k shards
 
@@ -148,24 +149,31 @@ class _Shard:
     channels: list[np.ndarray]
 
 
-Results = dict[int, tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]]
+Results = dict[int, tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None] | str]
 
 
 def _compute(explainer: Any, batch: list[Item], options: Options,
              device: torch.device) -> Results:
     """Explain the readable items of ``batch``: item index -> (logits, map, relevance sum,
-    channel relevances or None)."""
+    channel relevances or None), or the reason it has no explanation (a NaN or Inf in it)."""
     good = [(i, x) for i, x, _ in batch if x is not None]
     if not good:
         return {}
     n = len(good)
-    out = _explain(explainer, torch.stack([t for _, t in good]).to(device), options.target)
+    x = torch.stack([t for _, t in good]).to(device)
+    try:
+        out = _explain(explainer, x, options.target)
+        bad: dict[int, str] = {}
+    except NonFiniteError as error:  # the other samples of the batch are fine: keep them
+        out = error.explanation
+        bad = {good[j][0]: f"{type(error).__name__}: {error}" for j in error.samples if j < n}
     layer = getattr(explainer, "layer", None)
     maps = relevance_maps(out.relevance[:n].float(), options.downsample).cpu()
     sums = out.relevance[:n].flatten(1).double().sum(1).cpu()
     chans = channel_relevance(out.layers[layer][:n]).float().cpu() if layer else None
     logits = out.output[:n].double().cpu()
-    return {i: (logits[j], maps[j], float(sums[j]), None if chans is None else chans[j])
+    return {i: bad.get(i) or (logits[j], maps[j], float(sums[j]),
+                              None if chans is None else chans[j])
             for j, (i, _) in enumerate(good)}
 
 
@@ -176,18 +184,19 @@ def _add(shard: _Shard, batch: list[Item], results: Results, names: Sequence[str
     for i, _, error in batch:
         row: dict[str, Any] = {"index": i, "path": names[i], "status": "ok",
                                "shard": shard.index, "row": i - shard.start, "error": error}
-        if i in results:
-            logits, heat, total, chans = results[i]
+        result = results.get(i, error)
+        if not isinstance(result, str):
+            logits, heat, total, chans = result
             k = int(logits.argmax()) if options.target is None else options.target
             row.update(target=k, prediction=int(logits.argmax()), logit=float(logits[k]),
                        relevance_sum=total)
             shard.maps.append(heat.numpy().astype(dtype))
             shard.channels.append(np.zeros(0, np.float32) if chans is None else chans.numpy())
         else:
-            row.update(status="error")
+            row.update(status="error", error=result)
             shard.maps.append(np.zeros(shapes.map, dtype))
             shard.channels.append(np.full(shapes.channels, np.nan, np.float32))
-            failures.append(error if names[i] in error else f"{names[i]}: {error}")
+            failures.append(result if names[i] in result else f"{names[i]}: {result}")
         shard.rows.append(row)
     return failures
 
@@ -241,14 +250,15 @@ class _Bar:
 
 def _probe(explainer: Any, dataset: Dataset[Any], options: Options,
            device: torch.device) -> Shapes:
-    """The stored shapes, from the first readable item (explained once)."""
+    """The stored shapes, from the first item that can be explained (explained once)."""
     guarded = Guarded(dataset)
     for i in range(len(guarded)):
         _, x, _ = guarded[i]
         if x is not None:
-            results = _compute(explainer, [(i, x, "")], options, device)
-            _, heat, _, chans = results[i]
-            return Shapes(tuple(heat.shape), 0 if chans is None else int(chans.numel()))
+            result = _compute(explainer, [(i, x, "")], options, device)[i]
+            if not isinstance(result, str):
+                _, heat, _, chans = result
+                return Shapes(tuple(heat.shape), 0 if chans is None else int(chans.numel()))
     return Shapes((), 0)
 
 
