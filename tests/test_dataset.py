@@ -188,12 +188,12 @@ def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path):
 
 # -- relevance maximization --------------------------------------------------------------------
 def test_relevance_maximization_ranks_items_by_channel_relevance(tmp_path):
-    from lrpfx.dataset import maximize
+    from lrpfx.dataset import maximization
 
     crp = concepts.compile(small(), "epsilon-plus", layer="2")
     data = Blobs(23, broken=(5, 11))
     dataset.explain_dataset(crp, data, tmp_path, options=OPTIONS)
-    indices = maximize.maximize(crp, data, tmp_path, k=4)
+    indices = maximization.maximize(crp, data, tmp_path, k=4)
     everything = np.concatenate([np.load(tmp_path / "shards" / f"{k:06d}.channels.npy")
                                  for k in range(5)])  # (23, 6), NaN rows for the broken ones
     for c in range(6):
@@ -211,17 +211,17 @@ def test_relevance_maximization_ranks_items_by_channel_relevance(tmp_path):
     pooled = reference.unflatten(0, (6, 2)).unflatten(2, (6, 2)).sum((1, 3))  # downsample=2
     np.testing.assert_allclose(heatmaps[c, 1], pooled.numpy(), rtol=2e-3, atol=1e-7)
     box = [int(rows[13][k]) for k in ("top", "left", "bottom", "right")]
-    assert box == list(maximize.region(reference))
-    png = maximize.reference_grid(tmp_path, 3, data, tmp_path / "grid.png", (0, 0, 0),
+    assert box == list(maximization.region(reference))
+    png = maximization.reference_grid(tmp_path, 3, data, tmp_path / "grid.png", (0, 0, 0),
                                   (1, 1, 1), tile=16)
     picture = load_image(png)
     assert picture.shape == (3, 2 + 2 * 18, 2 + 4 * 18)  # 4 regions over their heatmaps
     with pytest.raises(dataset.StoreError, match="channel 9 is not in the maximization"):
-        maximize.reference_grid(tmp_path, 9, data, tmp_path / "x.png", (0,), (1,))
+        maximization.reference_grid(tmp_path, 9, data, tmp_path / "x.png", (0,), (1,))
 
 
 def test_region_is_the_box_of_the_strong_positive_relevance():
-    from lrpfx.dataset.maximize import region
+    from lrpfx.dataset.maximization import region
 
     heat = torch.zeros(48, 48)
     heat[10:20, 30:40] = 1.0

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 import lrpfx
 from lrpfx import concepts
-from lrpfx.dataset.maximize import maximize, read_manifest, reference_grid
+from lrpfx.dataset.maximization import maximize, read_manifest, reference_grid
 from lrpfx.dataset.runner import Options, explain_dataset, rank_and_world
 from lrpfx.images import IMAGENET_MEAN, IMAGENET_STD, InputError, load_image, preprocess
 
@@ -145,7 +145,7 @@ def add_parsers(commands: Any) -> None:
 
 
 def grid_command(args: argparse.Namespace, console: Console) -> int:
-    """``lrpfx grid STORE CHANNEL``: ``maximize.reference_grid`` of the store's images."""
+    """``lrpfx grid STORE CHANNEL``: ``maximization.reference_grid`` of the store's images."""
     config = read_manifest(args.store)["config"]
     if "size" not in config:
         raise InputError(f"{args.store}: not a store of image files (lrpfx explain --store)")
