@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,7 @@ def images(folder: Path, count: int) -> Path:
 def store_args(data: Path, store: Path) -> list[str]:
     return ["explain", str(data), "--arch", f"{ROOT / 'examples' / 'dataset_scale.py'}:tiny_cnn",
             "--store", str(store), "--size", "16", "--batch-size", "3", "--shard-size", "4",
-            "--workers", "1", "--rules", "epsilon-plus", "--layer", "4"]
+            "--workers", "1", "--rules", "epsilon-plus", "--layer", "4", "--maximize", "2"]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -150,7 +151,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 def test_cli_store_lists_unreadable_images_and_refuses_a_bad_layer(tmp_path):
     data = images(tmp_path / "images", 6)
-    status, text = run_cli([*store_args(data, tmp_path / "store"), "--maximize", "2"])
+    status, text = run_cli(store_args(data, tmp_path / "store"))
     assert status == 1, text
     assert "broken.png: not a readable image" in text and "6 of 7 image(s)" in text
     rows = dataset.read_index(tmp_path / "store")
@@ -168,11 +169,19 @@ def test_cli_store_lists_unreadable_images_and_refuses_a_bad_layer(tmp_path):
 
 
 def torchrun(data: Path, store: Path, processes: int, **env: str) -> int:
+    """Run the job; on a timeout, kill torchrun and its workers (no orphans) and fail."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={processes}", "-m", "lrpfx", *store_args(data, store)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True,
-                          timeout=240).returncode
+    job = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        job.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        output = job.communicate()[0].decode(errors="replace")
+        pytest.fail(f"torchrun did not finish in 240 s:\n{output[-3000:]}")
+    return job.returncode
 
 
 def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path):
@@ -218,6 +227,25 @@ def test_relevance_maximization_ranks_items_by_channel_relevance(tmp_path):
     assert picture.shape == (3, 2 + 2 * 18, 2 + 4 * 18)  # 4 regions over their heatmaps
     with pytest.raises(dataset.StoreError, match="channel 9 is not in the maximization"):
         maximization.reference_grid(tmp_path, 9, data, tmp_path / "x.png", (0,), (1,))
+    with pytest.raises(dataset.StoreError, match="no finished run"):
+        maximization.maximize(crp, data, tmp_path / "nothing", k=4)
+
+
+def test_relevance_maximization_on_two_ranks_equals_one(tmp_path, monkeypatch):
+    from lrpfx.dataset import maximization
+
+    crp = concepts.compile(small(), "epsilon-plus", layer="2")
+    data = Blobs(23, broken=(5, 11))
+    dataset.explain_dataset(crp, data, tmp_path, options=OPTIONS)
+    maximization.maximize(crp, data, tmp_path, k=3)
+    expected = files(tmp_path)
+    for name in ("csv", "indices.npy", "heatmaps.npy"):
+        (tmp_path / f"maximization.{name}").unlink()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (1, 0):  # rank 1 leaves its part; rank 0 explains its own and joins both
+        monkeypatch.setenv("RANK", str(rank))
+        assert (maximization.maximize(crp, data, tmp_path, k=3) is None) == (rank == 1)
+    assert files(tmp_path) == expected and not (tmp_path / "maximization.parts").exists()
 
 
 def test_region_is_the_box_of_the_strong_positive_relevance():

@@ -114,6 +114,9 @@ def run(args: argparse.Namespace, console: Console, explainer: lrpfx.Explainer,
                                    names=[str(p) for p in images], options=_options(args),
                                    config=config, device=args.device, console=console)
         if manifest is None:
+            if args.maximize:  # a share of the top items' regions; rank 0 joins them
+                maximize(explainer, ImageFiles(images, args.size), args.store,  # type: ignore[arg-type]
+                         args.maximize, device=args.device)
             return 0
         seconds, failed, items = time.perf_counter() - start, manifest["failed"], \
             manifest["items"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from torch.utils.data import Dataset
 
 from lrpfx import heatmap
 from lrpfx.concepts import ConceptExplainer
-from lrpfx.dataset.runner import relevance_maps
+from lrpfx.dataset.runner import rank_and_world, relevance_maps
 from lrpfx.dataset.store import Store, StoreError, atomic_write, npy_bytes, read_index
 
 FIELDS = ("channel", "rank", "index", "path", "relevance", "top", "left", "bottom", "right")
@@ -85,36 +87,77 @@ def region(relevance: torch.Tensor, threshold: float = 0.25) -> tuple[int, int, 
 
 
 def maximize(explainer: ConceptExplainer, dataset: Dataset[Any], store: Path, k: int, *,
-             threshold: float = 0.25, device: str | torch.device = "cpu") -> np.ndarray:
+             threshold: float = 0.25, device: str | torch.device = "cpu",
+             poll: float = 0.2) -> np.ndarray | None:
     """Write the relevance maximization of every channel into ``store`` (see the module
-    docstring); returns the ``(C, k)`` item indices. ``dataset`` is the one explained."""
+    docstring); ``dataset`` is the one explained. On several processes call it on each, after
+    ``explain_dataset``: they wait for the finished run, explain a share of the top items each
+    (item ``j`` of the sorted top items on rank ``j mod world``) into
+    ``maximization.parts/``, and rank 0 joins the parts.
+
+    Returns:
+        The ``(C, k)`` item indices on rank 0, None on the other ranks.
+    """
     store = Path(store)
+    rank, world = rank_and_world()
+    while world > 1 and not (store / "manifest.json").exists():  # rank 0 writes it last
+        time.sleep(poll)
     indices, values = top_items(store, k)
     rows = {int(r["index"]): r for r in read_index(store)}
     config = read_manifest(store)["config"]
-    maps = np.zeros((*indices.shape, *config["map_shape"]), np.float16)
-    lines = []
-    for item in sorted({int(i) for i in indices.flat if i >= 0}):
+    items = sorted({int(i) for i in indices.flat if i >= 0})[rank::world]
+    lines, maps = [], []
+    for item in items:
         where = np.argwhere(indices == item)  # (channel, rank) pairs, in order
         x = torch.as_tensor(dataset[item]).unsqueeze(0).to(device)
         out = explainer(x, [int(c) for c, _ in where], int(rows[item]["target"]))
         heat = out.relevance[0].sum(1).float().cpu()  # (K, H, W)
         small = relevance_maps(heat[:, None], config["downsample"])
-        for (c, rank), h, m in zip(where, heat, small, strict=True):
+        for (c, place), h, m in zip(where, heat, small, strict=True):
             box = region(h, threshold)
-            maps[c, rank] = m.numpy().astype(np.float16)
-            lines.append({"channel": int(c), "rank": int(rank), "index": item,
-                          "path": rows[item]["path"], "relevance": float(values[c, rank]),
+            maps.append(m.numpy().astype(np.float16))
+            lines.append({"channel": int(c), "rank": int(place), "index": item,
+                          "path": rows[item]["path"], "relevance": float(values[c, place]),
                           "top": box[0], "left": box[1], "bottom": box[2], "right": box[3]})
-    lines.sort(key=lambda line: (line["channel"], line["rank"]))
+    parts = store / "maximization.parts"
+    name = f"k{k}-t{threshold!r}-of{world}".replace(".", "p")
+    shape = tuple(config["map_shape"])
+    atomic_write(parts / f"{rank:05d}.{name}.npy",
+                 npy_bytes(np.stack(maps) if maps else np.zeros((0, *shape), np.float16)))
+    atomic_write(parts / f"{rank:05d}.{name}.csv", _csv(lines))  # written last: part done
+    if rank != 0:
+        return None
+    while not all((parts / f"{r:05d}.{name}.csv").exists() for r in range(world)):
+        time.sleep(poll)
+    _join(store, parts, name, world, indices, shape)
+    return indices
+
+
+def _csv(lines: list[dict[str, Any]]) -> bytes:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(lines)
-    atomic_write(store / "maximization.csv", text.getvalue().encode())
+    return text.getvalue().encode()
+
+
+def _join(store: Path, parts: Path, name: str, world: int, indices: np.ndarray,
+          shape: tuple[int, ...]) -> None:
+    """The parts of every rank into the maximization files; the parts are removed."""
+    maps = np.zeros((*indices.shape, *shape), np.float16)
+    lines = []
+    for r in range(world):
+        with open(parts / f"{r:05d}.{name}.csv", newline="") as file:
+            mine = list(csv.DictReader(file))
+        heat = np.load(parts / f"{r:05d}.{name}.npy")
+        for line, m in zip(mine, heat, strict=True):
+            maps[int(line["channel"]), int(line["rank"])] = m
+        lines += mine
+    lines.sort(key=lambda line: (int(line["channel"]), int(line["rank"])))
+    atomic_write(store / "maximization.csv", _csv(lines))
     atomic_write(store / "maximization.indices.npy", npy_bytes(indices))
     atomic_write(store / "maximization.heatmaps.npy", npy_bytes(maps))
-    return indices
+    shutil.rmtree(parts, ignore_errors=True)
 
 
 def reference_grid(store: Path, channel: int, dataset: Dataset[Any], out: Path,
