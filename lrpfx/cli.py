@@ -246,6 +246,8 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
     into a dataset store, on every process of a ``torchrun`` job (``lrpfx.dataset.command``)."""
     if args.store is not None:
         console = dataset_command.setup(args, console)
+    else:
+        dataset_command.check_unused(args)
     _check_options(args)
     images, others = find_images(args.paths)
     _target(args.target)  # a malformed target fails before any work

@@ -162,6 +162,8 @@ def test_cli_store_lists_unreadable_images_and_refuses_a_bad_layer(tmp_path):
     assert load_image(tmp_path / "store" / "grid-7.png").shape == (3, 2 + 2 * 22, 2 + 2 * 22)
     status, text = run_cli([*store_args(data, tmp_path / "x"), "--layer", "", "--maximize", "2"])
     assert status == 2 and "--maximize needs --layer" in text
+    status, text = run_cli(["explain", str(data), "--layer", "4", "--workers", "3"])
+    assert status == 2 and "--workers, --layer only apply with --store DIR" in text
     bad = store_args(data, tmp_path / "other")
     bad[bad.index("--layer") + 1] = "nope"
     status, text = run_cli(bad)

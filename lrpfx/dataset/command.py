@@ -41,6 +41,10 @@ class ImageFiles(Dataset[torch.Tensor]):
         return preprocess(load_image(self.paths[index]), self.size)
 
 
+DEFAULTS = {"shard_size": 256, "workers": 2, "downsample": 1, "map_dtype": "float16",
+            "layer": None, "maximize": 0}
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The dataset options of ``lrpfx explain``."""
     group = parser.add_argument_group(
@@ -48,18 +52,27 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--store", type=Path, metavar="DIR",
                        help="explain into DIR: float16 relevance-map shards, index.csv, "
                             "manifest.json; a rerun resumes an unfinished run")
-    group.add_argument("--shard-size", type=int, default=256,
+    group.add_argument("--shard-size", type=int, default=DEFAULTS["shard_size"],
                        help="items per shard (default: 256)")
-    group.add_argument("--workers", type=int, default=2,
+    group.add_argument("--workers", type=int, default=DEFAULTS["workers"],
                        help="decoding processes per explaining process (default: 2)")
-    group.add_argument("--downsample", type=int, default=1, metavar="F",
+    group.add_argument("--downsample", type=int, default=DEFAULTS["downsample"], metavar="F",
                        help="store relevance summed over FxF pixel blocks (default: 1)")
     group.add_argument("--map-dtype", default="float16", choices=("float16", "float32"))
     group.add_argument("--layer", help="concept layer (CRP): also store the relevance of "
                                        "each of its channels per image")
-    group.add_argument("--maximize", type=int, default=0, metavar="K",
+    group.add_argument("--maximize", type=int, default=DEFAULTS["maximize"], metavar="K",
                        help="with --layer: the K most relevant images of every channel and "
                             "their regions (relevance maximization; then: lrpfx grid DIR C)")
+
+
+def check_unused(args: argparse.Namespace) -> None:
+    """Without ``--store``: refuse the dataset options, which would be silently ignored."""
+    given = [f"--{name.replace('_', '-')}" for name, default in DEFAULTS.items()
+             if getattr(args, name) != default]
+    if given:
+        raise InputError(f"{', '.join(given)} only apply with --store DIR (a dataset run); "
+                         "without it, lrpfx explain writes one heatmap PNG per image")
 
 
 def _options(args: argparse.Namespace) -> Options:
