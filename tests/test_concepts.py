@@ -120,3 +120,21 @@ def test_the_program_is_one_generated_function_and_errors_are_named():
         concepts.compile(model, "epsilon-plus", layer="nope")
     plain = crp.explain(x)  # unconditional, with the layer recorded
     torch.testing.assert_close(plain.relevance, lrpfx.compile(model, "epsilon-plus")(x).relevance)
+
+
+def test_a_folded_batchnorm_name_and_winner_takes_all_pools():
+    """The layer may be named by a BatchNorm folded into its convolution; max-pools routed
+    winner-takes-all are linear in the relevance too, so the sum still holds."""
+    from tests.test_record import Twice
+
+    model = Twice().eval()
+    x = torch.randn(2, 2, 4, 4)
+    crp = concepts.compile(model, "epsilon-plus", layer="bn", maxpool="wta")
+    out = crp(x, concepts=[0, 1], target=torch.tensor([2, 0]))
+    plain = lrpfx.compile(model, "epsilon-plus", maxpool="wta")(x, torch.tensor([2, 0]))
+    torch.testing.assert_close(out.relevance.sum(1), plain.relevance, rtol=1e-10, atol=1e-12)
+    net = relu_net()
+    y = torch.randn(2, 3, 12, 12)
+    wta = concepts.compile(net, "epsilon-plus", layer="4", maxpool="wta")(y, list(range(8)))
+    reference = lrpfx.compile(net, "epsilon-plus", maxpool="wta")(y).relevance
+    torch.testing.assert_close(wta.relevance.sum(1), reference, rtol=1e-10, atol=1e-12)
