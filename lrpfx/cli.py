@@ -2,6 +2,8 @@
 digits demo.
 
     lrpfx explain photos/ --arch vgg16 --out heatmaps/      # one heatmap PNG per image
+    torchrun --nproc-per-node 4 -m lrpfx explain photos/ --store run/   # a dataset store
+    lrpfx grid run/ 17                                      # a concept's reference regions
     lrpfx show --arch resnet50 --rules epsilon-plus-flat    # the annotated graph
     lrpfx demo                                              # the digits main job
     lrpfx evaluate [photos/ --arch vgg16]                   # presets by faithfulness
@@ -26,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import lrpfx
 from lrpfx import composites, demo, filters, guard, heatmap
+from lrpfx.dataset import command as dataset_command
 from lrpfx.errors import LrpfxError
 from lrpfx.evaluation import command as evaluation_command
 from lrpfx.images import (
@@ -91,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--cmap", default="bwr", choices=sorted(heatmap.COLORMAPS))
     explain.add_argument("--no-download", action="store_true",
                          help="do not try to download pretrained weights")
+    dataset_command.add_options(explain)
     show = commands.add_parser("show", help="print the annotated graph of a model")
     _common(show)
     commands.add_parser("demo", help="run the digits demo (lrpfx.demo); further "
                         "options (--epochs, --out) go to it")
     evaluation_command.add_parsers(commands)
+    dataset_command.add_parsers(commands)
     return parser
 
 
@@ -237,7 +242,12 @@ def _check_input(explainer: lrpfx.Explainer, args: argparse.Namespace) -> None:
 
 
 def explain_command(args: argparse.Namespace, console: Console) -> int:
-    """``lrpfx explain``: every image through the explainer, one PNG each."""
+    """``lrpfx explain``: every image through the explainer, one PNG each; with ``--store``,
+    into a dataset store, on every process of a ``torchrun`` job (``lrpfx.dataset.command``)."""
+    if args.store is not None:
+        console = dataset_command.setup(args, console)
+    else:
+        dataset_command.check_unused(args)
     _check_options(args)
     images, others = find_images(args.paths)
     _target(args.target)  # a malformed target fails before any work
@@ -249,9 +259,13 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
     if not images:
         raise InputError(f"no images in {', '.join(map(str, args.paths))}")
     loaded = _load(args, console, download=not args.no_download)
-    explainer = _compile(args, loaded.model, args.batch_size).to(args.device)
+    explainer = (dataset_command.compile_concepts(args, loaded.model, composite_for(
+        args.rules, args.top_k)) if args.store and args.layer
+        else _compile(args, loaded.model, args.batch_size)).to(args.device)
     _check_input(explainer, args)
     _check_target(_target(args.target), explainer, args)
+    if args.store is not None:
+        return dataset_command.run(args, console, explainer, images, loaded.weights)
     names = _output_names(images, args.out)
     failed = _run(explainer, images, names, args, loaded, console)
     done = len(images) - failed
@@ -315,7 +329,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_command,
             "evaluate": evaluation_command.evaluate_command,
-            "tune": evaluation_command.tune_command}
+            "tune": evaluation_command.tune_command, "grid": dataset_command.grid_command}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
