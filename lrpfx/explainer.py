@@ -12,13 +12,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx, nn
 
-from lrpfx import diagnose, guard, meta
+from lrpfx import diagnose, guard, meta, outputs
 from lrpfx.ops.table import OpKind
 from lrpfx.watch import Watch
 
 
 class _Pair(NamedTuple):
-    output: torch.Tensor
+    output: Any  # a tensor, or a dict / tuple / list of them as the model returns it
     relevance: torch.Tensor
 
 
@@ -37,7 +37,9 @@ class Explanation(_Pair):
         return self
 
     def __repr__(self) -> str:
-        shapes = f"output={tuple(self.output.shape)}, relevance={tuple(self.relevance.shape)}"
+        form = outputs.shapes(self.output)
+        shown = outputs.describe(form) if outputs.is_structured(form) else tuple(form)
+        shapes = f"output={shown}, relevance={tuple(self.relevance.shape)}"
         return f"Explanation({shapes}, layers=[{', '.join(self.layers)}])"
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
+from lrpfx import outputs
 from lrpfx.targets import Seed, Target, logit
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
@@ -406,10 +407,13 @@ def pad_transpose(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
 # -- the output relevance, filters, layout -------------------------------------------------------
 @kernel(fresh=False)
 def output_relevance(
-    output: torch.Tensor, target: Target, relevance: torch.Tensor | Seed | None
-) -> torch.Tensor:
+    output: Any, target: Target, relevance: Any
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The relevance at the output (``lrpfx.targets``): the target logit, a given tensor, or a
-    seed function of the output."""
+    seed function of the output; for a dict / tuple / list output, one relevance per tensor of
+    it (``lrpfx.outputs.leaves`` order)."""
+    if not isinstance(output, torch.Tensor):
+        return outputs.seed_leaves(output, target, _seeded_structure(relevance), _checked)
     if relevance is None:
         return logit(output, target)
     if callable(relevance) and not isinstance(relevance, torch.Tensor):
@@ -420,14 +424,32 @@ def output_relevance(
     return relevance
 
 
-def _seeded(seed: Seed, output: torch.Tensor, target: Target) -> torch.Tensor:
-    """``seed(output, target)``, checked as an ``output_relevance`` tensor is."""
+def _call(seed: Seed, output: Any, target: Target) -> Any:
+    """``seed(output, target)``, a failure named."""
     name = getattr(seed, "__name__", None) or repr(seed)
     try:
-        r = seed(output, target)
+        return seed(output, target)
     except Exception as error:
-        raise ValueError(f"output_relevance {name} failed on the model output of shape "
-                         f"{tuple(output.shape)}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"output_relevance {name} failed on the model output of "
+                         f"{outputs.describe(outputs.shapes(output))}: "
+                         f"{type(error).__name__}: {error}") from error
+
+
+def _seeded_structure(seed: Any) -> Any:
+    """A seed of a structured output, its failures named (a structure of tensors as it is)."""
+    if callable(seed) and not isinstance(seed, torch.Tensor):
+        return lambda output, target: _call(seed, output, target)
+    return seed
+
+
+def _seeded(seed: Seed, output: torch.Tensor, target: Target) -> torch.Tensor:
+    """``seed(output, target)``, checked as an ``output_relevance`` tensor is."""
+    return _checked(_call(seed, output, target), output,
+                    getattr(seed, "__name__", None) or repr(seed))
+
+
+def _checked(r: Any, output: torch.Tensor, name: str) -> torch.Tensor:
+    """``r``, the relevance of ``output`` called ``name`` in messages, if it fits it."""
     if not isinstance(r, torch.Tensor) or not r.is_floating_point():
         got = f"dtype {r.dtype}" if isinstance(r, torch.Tensor) else type(r).__name__
         raise TypeError(f"output_relevance {name} must return a floating-point tensor shaped "
