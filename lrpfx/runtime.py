@@ -139,12 +139,31 @@ def _as_2d(
     return fn_2d(s.unsqueeze(-2), x.unsqueeze(-2), *args).squeeze(-2)
 
 
+def _pad_first(x: torch.Tensor, kernel_size: Sequence[int], padding: Sequence[int],
+               ceil_mode: bool) -> bool:
+    """Whether to pad before an average pool: torch's refuse an input smaller than the window
+    even where the padding makes up for it (S3D's 3×3×3 max-pools on 2 frames, read as
+    averages); zeros counted in the average, padding first is the same pool."""
+    return not ceil_mode and any(p and size < k for size, k, p in
+                                 zip(x.shape[2:], kernel_size, padding, strict=False))
+
+
+def _pads(padding: Sequence[int]) -> list[int]:
+    """``F.pad``'s form of a pool's symmetric padding (last dimension first)."""
+    return [p for q in reversed(padding) for p in (q, q)]
+
+
 @kernel(fresh=True)
 def avg_pool_transpose(s: torch.Tensor, x: torch.Tensor, kernel_size: Sequence[int],
                        stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
                        count_include_pad: bool = True, divisor_override: int | None = None
                        ) -> torch.Tensor:
     """The transpose of ``avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
+    if count_include_pad and _pad_first(x, kernel_size, padding, ceil_mode):
+        pads = _pads(padding)
+        c = avg_pool_transpose(s, F.pad(x, pads), kernel_size, stride, [0] * len(padding),
+                               ceil_mode, True, divisor_override)
+        return F.pad(c, [-p for p in pads])  # the crop of the zeros added
     aten = torch.ops.aten
     args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     spatial = x.dim() - 2
@@ -172,6 +191,8 @@ def adaptive_avg_pool_transpose(s: torch.Tensor, x: torch.Tensor) -> torch.Tenso
 def avg_pool(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
              padding: Sequence[int], ceil_mode: bool) -> torch.Tensor:
     """Average pooling of any dimension 1-3 (max-pool windows treated as averages)."""
+    if _pad_first(x, kernel_size, padding, ceil_mode):
+        x, padding = F.pad(x, _pads(padding)), [0] * len(padding)
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
     return pool(x, list(kernel_size), list(stride), list(padding), ceil_mode, True)
 
