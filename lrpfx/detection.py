@@ -47,7 +47,7 @@ class DenseHead(nn.Module):
     per-anchor outputs of the head (see the module docstring). It shares the model's
     modules (no copy; ``lrpfx.compile`` never changes them)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         missing = [p for p in _PARTS if not hasattr(model, p)]
         if missing:
@@ -62,12 +62,12 @@ class DenseHead(nn.Module):
         return self.head(list(features.values()))  # type: ignore[no-any-return]
 
 
-def dense(model: nn.Module) -> DenseHead:
+def dense(model: Any) -> DenseHead:
     """The backbone and head of ``model`` as one module to compile (module docstring)."""
     return DenseHead(model).train(model.training)
 
 
-def _transformed(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def _transformed(model: Any, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     if image.dim() != 3:
         raise ValueError(f"give one image (C, H, W) as the detector takes it, got shape "
                          f"{tuple(image.shape)}")
@@ -77,7 +77,7 @@ def _transformed(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, t
     return images.tensors, (int(size[0]), int(size[1]))
 
 
-def inputs(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+def inputs(model: Any, image: torch.Tensor) -> torch.Tensor:
     """What the backbone sees of one image: normalized, resized and padded by
     ``model.transform``, a batch of one ``(1, C, H', W')``."""
     return _transformed(model, image)[0]
@@ -97,14 +97,14 @@ class Located:
     seed: Select
 
 
-def _decode(model: nn.Module, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+def _decode(model: Any, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     coder = model.box_coder
     if hasattr(coder, "decode_single"):  # RetinaNet, SSD
         return coder.decode_single(regression, anchors)  # type: ignore[no-any-return]
     return coder.decode(regression, anchors)  # type: ignore[no-any-return]  # FCOS
 
 
-def locate(model: nn.Module, image: torch.Tensor, detection: dict[str, torch.Tensor],
+def locate(model: Any, image: torch.Tensor, detection: dict[str, torch.Tensor],
            i: int) -> Located:
     """The anchor that produced detection ``i`` of ``detection`` (``model([image])[0]``).
 
@@ -141,7 +141,7 @@ def locate(model: nn.Module, image: torch.Tensor, detection: dict[str, torch.Ten
                    Select("cls_logits", Unit((anchor, label))))
 
 
-def resize_relevance(relevance: torch.Tensor, model: nn.Module,
+def resize_relevance(relevance: torch.Tensor, model: Any,
                      image: torch.Tensor) -> torch.Tensor:
     """A relevance of ``inputs(model, image)`` ``(1, C, H', W')`` onto the image's pixels
     ``(1, C, H, W)``: the padding cropped, resized by area (bilinear when enlarging); each
