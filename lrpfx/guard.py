@@ -13,7 +13,9 @@ Before the program runs, ``arguments`` refuses, naming the argument and the fix:
   together with an ``output_relevance`` tensor, which would silently win (``ValueError``).
 - ``output_relevance``: not a tensor or a callable, not floating point, another dtype
   (``TypeError``); another device, another shape than the model output, NaN or Inf
-  (``ValueError``).
+  (``ValueError``); a seed of ``lrpfx.targets`` (``Region``, ``Unit``) that does not fit the
+  output (its own ``check``). For a dict / tuple / list output, each element it seeds is checked
+  so (``lrpfx.outputs.parts``: a ``Select`` is followed to its element; none is refused).
 
 The output shape for ``x`` is found without computing anything: the canonical forward graph is
 run on ``meta`` tensors, once per input shape and dtype (cached). Where that cannot be done
