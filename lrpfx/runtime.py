@@ -402,6 +402,15 @@ def split_transpose(r: torch.Tensor, x: torch.Tensor, sizes: int | list[int], di
 
 
 @kernel(fresh=False)
+def tensor_split_transpose(r: torch.Tensor, x: torch.Tensor, sections: int | list[int],
+                           dim: int, i: int) -> torch.Tensor:
+    """Piece ``i`` of ``torch.tensor_split(x, sections, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.tensor_split(out, sections, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
 def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, length: int
                      ) -> torch.Tensor:
     """The transpose of ``torch.narrow(x, dim, start, length)``."""

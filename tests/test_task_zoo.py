@@ -65,3 +65,20 @@ def test_task_model_compiles_explains_and_conserves(name):
     row = tasks.sweep_one(name)
     tolerance = 1e-4 if row.dtype == "float32" else 1e-6
     assert row.finite and row.output_error < tolerance * 1e-2 and row.conservation < tolerance
+
+
+@pytest.mark.slow
+def test_mvit_v1_b_built_for_a_small_clip_explains(monkeypatch):
+    """torchvision builds MViT for 16 × 224 × 224 clips; its builder, given 4 × 32 × 32, makes
+    the same architecture at that size (its pooling splits tokens with ``tensor_split``)."""
+    from torchvision.models.video import mvit
+
+    builder = mvit._mvit
+    monkeypatch.setattr(mvit, "_mvit", lambda **kwargs: builder(
+        **{**kwargs, "spatial_size": (32, 32), "temporal_size": 4}))
+    model = mvit.mvit_v1_b(num_classes=10).eval()
+    x = torch.rand(1, 3, 4, 32, 32)
+    out = lrpfx.compile(model, composites.AttnLRP(), example_inputs=x)(x)
+    torch.testing.assert_close(out.output, model(x), rtol=1e-10, atol=1e-12)
+    assert out.relevance.shape == x.shape and torch.isfinite(out.relevance).all()
+    assert out.relevance.abs().sum() > 0

@@ -90,3 +90,23 @@ def test_a_max_pool_read_as_an_average_on_fewer_frames_than_its_window():
     (c,) = torch.autograd.grad(z, xg, r / z.detach())
     torch.testing.assert_close(out.relevance, x * c, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(out.relevance.sum(), r.sum(), rtol=1e-8, atol=0)
+
+
+def test_tensor_split_routes_each_piece_back():
+    """MViT's pooling splits the class token off with ``torch.tensor_split(x, indices=(1,))``."""
+
+    class Split(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 2, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            token, rest = torch.tensor_split(x, indices=(1,), dim=1)
+            a, b = rest.tensor_split(2, dim=1)
+            return self.fc(torch.cat([b * 2.0, token, a.relu()], dim=1))
+
+    model, x = Split().eval(), torch.randn(3, 5)
+    out = lrpfx.compile(model, LRP0)(x, target=1)
+    xg = x.clone().requires_grad_(True)
+    model(xg)[:, 1].sum().backward()
+    torch.testing.assert_close(out.relevance, x * xg.grad, rtol=1e-8, atol=1e-10)
