@@ -102,7 +102,7 @@ class Explainer(nn.Module):
         if self._watch is not None:
             self._watch.check()  # or StaleExplainerError
         if several.several(target, output_relevance):  # lists: one relevance per item
-            return several.explain(self, x, target, output_relevance)
+            return Explanation(*several.explain(self, x, target, output_relevance))
         target = guard.arguments(self.program, self.graph_module, self._versions, x, target,
                                  output_relevance)  # or a named error
         with torch.no_grad():

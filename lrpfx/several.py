@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from lrpfx import guard, outputs
 from lrpfx import runtime as rt
 
-if TYPE_CHECKING:
-    from lrpfx.explainer import Explainer, Explanation
+Parts = tuple[Any, torch.Tensor, dict[str, torch.Tensor]]  # output, relevance, layers
 
 
 def _listed(value: Any) -> bool:
@@ -105,11 +104,10 @@ def _rebuild(like: Any, leaves: list[torch.Tensor]) -> Any:
     return type(like)(_rebuild(child, leaves) for child in like)
 
 
-def explain(explainer: Explainer, x: torch.Tensor, target: Any,
-            output_relevance: Any) -> Explanation:
-    """``explainer(x, target, output_relevance=...)`` for several targets (module docstring)."""
-    from lrpfx.explainer import Explanation
-
+def explain(explainer: Any, x: torch.Tensor, target: Any, output_relevance: Any) -> Parts:
+    """``explainer(x, target, output_relevance=...)`` for several targets (module docstring):
+    the parts of its ``Explanation``, an ``lrpfx.Explainer`` given (typed ``Any`` here: the
+    explainer module imports this one)."""
     pairs = items(target, output_relevance)
     program, graph_module = explainer.program, explainer.graph_module
     checked = tuple((guard.arguments(program, graph_module, explainer._versions, x, t, r), r)
@@ -118,11 +116,10 @@ def explain(explainer: Explainer, x: torch.Tensor, target: Any,
         results = [explainer(x, t, output_relevance=r) for t, r in checked]
         layers = {name: torch.stack([out.layers[name] for out in results])
                   for name in results[0].layers}
-        return Explanation(results[0].output, torch.stack([out.relevance for out in results]),
-                           layers)
+        return results[0].output, torch.stack([out.relevance for out in results]), layers
     count, n = len(checked), x.shape[0]
     out = explainer(x.repeat((count,) + (1,) * (x.dim() - 1)), None,
                     output_relevance=Stacked(checked))
     layers = {name: r.reshape((count, n) + r.shape[1:]) for name, r in out.layers.items()}
-    return Explanation(_chunks(out.output, count)[0],
-                       out.relevance.reshape((count, n) + x.shape[1:]), layers)
+    return (_chunks(out.output, count)[0], out.relevance.reshape((count, n) + x.shape[1:]),
+            layers)
