@@ -49,7 +49,9 @@ def explain_batch(explainer: lrpfx.Explainer, x: torch.Tensor, paths: list[Path]
     for k, path in enumerate(paths):
         heatmap.save_png(pictures[k], names[path])
         inside = float(logits[k, args.region][predicted[k]].sum())
+        pixels = int(predicted[k].sum())
+        note = "" if pixels else " [yellow](no pixel is predicted as it: nothing explained)[/]"
         console.print(
-            f"{escape(str(path))}: class {args.region} predicted at {int(predicted[k].sum())} "
-            f"pixel(s); relevance sum {float(out.relevance[k].sum()):.4g} of region logit "
-            f"{inside:.4g} -> {escape(str(names[path]))}", highlight=False, soft_wrap=True)
+            f"{escape(str(path))}: class {args.region} predicted at {pixels} pixel(s){note}; "
+            f"relevance sum {float(out.relevance[k].sum()):.4g} of region logit {inside:.4g} "
+            f"-> {escape(str(names[path]))}", highlight=False, soft_wrap=True)
