@@ -17,6 +17,9 @@
   zero relevance: ``Select("out", Region(mask, 15))`` for torchvision's segmentation models;
   or a structure of tensors of the output's form.
 
+A list of targets or of seeds (``target=[3, 5]``, ``output_relevance=[Region(m, 1), Unit(0)]``)
+explains each in one call, the relevance getting a leading target dimension (``lrpfx.several``).
+
 The seeds made here check themselves against the model output before the program runs
 (``check``: a mask of the wrong shape, a class or a unit out of range, a missing key are
 ``ValueError``/``TypeError`` naming the fix).
