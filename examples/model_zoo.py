@@ -18,6 +18,7 @@ every activation, keeps torchvision's signed initialization.
 
     python examples/model_zoo.py                 # the whole sweep, writes docs/model-zoo.md
     python examples/model_zoo.py resnet18 vgg11  # some models, table printed only
+    python examples/model_zoo.py --tasks         # segmentation and video (examples/task_zoo.py)
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def nonnegative(model: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 fan_in = m.weight[0].numel()
                 w = torch.randn(m.weight.shape, generator=g).abs()
                 m.weight.copy_(w * math.sqrt(math.pi / 2) / fan_in)
@@ -180,8 +181,11 @@ def markdown(rows: list[Row]) -> str:
 
 
 def main(names: list[str]) -> None:
+    import task_zoo  # segmentation and video models
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    tasks = names == ["--tasks"]
+    names = list(task_zoo.NAMES) if tasks else names
     rows: list[Row] = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
@@ -189,12 +193,16 @@ def main(names: list[str]) -> None:
         task = progress.add_task("model zoo", total=len(names))
         for name in names:
             progress.update(task, description=f"model zoo: {name}")
-            rows.append(sweep_one(name))
+            rows.append((task_zoo.sweep_one if name in task_zoo.NAMES else sweep_one)(name))
             r = rows[-1]
             progress.console.print(f"{name}: {r.nodes} nodes, compile {r.compile_s:.2f} s, "
                                    f"output {r.output_error:.1e}, conservation "
                                    f"{r.conservation:.1e}")
             progress.advance(task)
+    if tasks:
+        task_zoo.write_section(DOCS, task_zoo.markdown(rows))
+        print(f"wrote {DOCS}")
+        return
     table = markdown(rows)
     if names == model_names():
         DOCS.write_text(table)

@@ -2,6 +2,7 @@
 digits demo.
 
     lrpfx explain photos/ --arch vgg16 --out heatmaps/      # one heatmap PNG per image
+    lrpfx explain photos/ --arch deeplabv3_resnet50 --region 15  # a class's predicted pixels
     torchrun --nproc-per-node 4 -m lrpfx explain photos/ --store run/   # a dataset store
     lrpfx grid run/ 17                                      # a concept's reference regions
     lrpfx show --arch resnet50 --rules epsilon-plus-flat    # the annotated graph
@@ -27,7 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lrpfx
-from lrpfx import composites, demo, filters, guard, heatmap
+from lrpfx import cli_region, composites, demo, filters, guard, heatmap
 from lrpfx.dataset import command as dataset_command
 from lrpfx.errors import LrpfxError
 from lrpfx.evaluation import command as evaluation_command
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(explain)
     explain.add_argument("--target", default="pred",
                          help="class index to explain, or 'pred' for the predicted class")
+    explain.add_argument("--region", type=int, metavar="CLASS",
+                         help="segmentation models: explain CLASS over the pixels predicted "
+                              "as it (lrpfx.targets.Region)")
     explain.add_argument("--out", type=Path, default=Path("out/heatmaps"), help="output folder")
     explain.add_argument("--batch-size", type=int, default=8)
     explain.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -147,6 +151,9 @@ def _explain_batch(explainer: lrpfx.Explainer, batch: list[tuple[Path, torch.Ten
                    args: argparse.Namespace, loaded: LoadedModel, names: dict[Path, Path],
                    console: Console) -> None:
     x = torch.stack([t for _, t in batch]).to(args.device)
+    if args.region is not None:
+        return cli_region.explain_batch(explainer, x, [p for p, _ in batch], args, names,
+                                        console, _picture)
     target = _target(args.target)
     out = _explain_padded(explainer, x, target)
     explained = out.output.argmax(1) if target is None else torch.full((len(x),), target)
@@ -263,7 +270,8 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
         args.rules, args.top_k)) if args.store and args.layer
         else _compile(args, loaded.model, args.batch_size)).to(args.device)
     _check_input(explainer, args)
-    _check_target(_target(args.target), explainer, args)
+    if args.region is None:
+        _check_target(_target(args.target), explainer, args)
     if args.store is not None:
         return dataset_command.run(args, console, explainer, images, loaded.weights)
     names = _output_names(images, args.out)

@@ -2,30 +2,34 @@
 
 The program is ``forward(self, <input>, target=None, output_relevance=None)`` returning
 ``(output, relevance)``, or ``(output, relevance, {name: relevance})`` when layers are recorded
-(``lrpfx.record``). The forward sweep copies every node; the output relevance is selected;
-the backward sweep visits the nodes in reverse and lets each op's implementation emit the
-relevance of its inputs; relevances of a value used several times are summed.
+(``lrpfx.record``); ``output`` in the form the model returns it: a tensor, or a dict / tuple /
+list of them, each seeded with its own relevance (``lrpfx.outputs``). The forward sweep copies
+every node; the output relevance is selected; the backward sweep visits the nodes in reverse
+and lets each op's implementation emit the relevance of its inputs; relevances of a value used
+several times are summed.
 """
 
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from lrpfx import meta
+from lrpfx import meta, outputs
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder, like
 from lrpfx.ops import table
 
 
-def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> fx.Node:
-    """Copy the forward; returns the model output's value."""
+def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> Any:
+    """Copy the forward; returns the model output's value (a node, or a dict / tuple / list of
+    nodes: ``lrpfx.outputs``)."""
     output = None
     for node in gm.graph.nodes:
         if node.op == "output":
-            output = b[node.args[0]]
+            output = b.map(node.args[0])
             continue
         spec = table.spec(node, modules)
         emit = spec.forward if spec is not None and node.meta.get(meta.CONE) else None
@@ -41,12 +45,25 @@ def _accumulate(b: Builder, rel: dict[fx.Node, fx.Node], node: fx.Node, value: f
     rel[node] = value
 
 
+def _seeds(b: Builder, gm: fx.GraphModule, seed: fx.Node) -> dict[fx.Node, fx.Node]:
+    """The relevance of the output's nodes: ``seed`` for a one-tensor output; for a dict /
+    tuple / list output, element ``i`` of ``seed`` for its ``i``-th tensor (summed where one
+    node is returned twice)."""
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if isinstance(output, fx.Node):
+        return {output: seed}
+    rel: dict[fx.Node, fx.Node] = {}
+    for i, (path, node) in enumerate(outputs.leaves(output)):
+        name = f"rel_output_{meta.identifier('_'.join(map(str, path)))}"
+        _accumulate(b, rel, node, b.call(operator.getitem, seed, i, name=name))
+    return rel
+
+
 def _backward(
     b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module], seed: fx.Node
 ) -> dict[fx.Node, fx.Node]:
     """Propagate ``seed`` from the output to every node; returns the relevance of each."""
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    rel: dict[fx.Node, fx.Node] = {output.args[0]: seed}  # type: ignore[dict-item]
+    rel = _seeds(b, gm, seed)
     for node in reversed(gm.graph.nodes):
         if node not in rel or node.op == "placeholder" or not node.meta.get(meta.CONE):
             continue

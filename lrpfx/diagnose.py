@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any
 
 import torch
 from torch import fx
 
+from lrpfx import outputs
 from lrpfx import runtime as rt
 from lrpfx.errors import NonFiniteError, VanishedRelevanceWarning
 
@@ -65,7 +67,7 @@ def _origin(program: fx.GraphModule, args: tuple[Any, ...]) -> fx.Node | None:
 def _hint(program: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> str:
     output = next(n for n in program.graph.nodes if n.op == "output")
     model_output = output.args[0][0]  # type: ignore[index]
-    forward, stack = set(), [model_output]
+    forward, stack = set(), [n for _, n in outputs.leaves(model_output)]
     while stack:
         n = stack.pop()
         if n not in forward:
@@ -87,11 +89,12 @@ def finite(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: A
     """Return ``explanation``, which ``program`` computed from ``(x, target, output_relevance)``,
     if its output and relevance are finite; else raise ``NonFiniteError`` saying where the
     first NaN/Inf came from."""
-    output, relevance = explanation[0], explanation[1]
-    if bool(torch.isfinite(relevance).all() & torch.isfinite(output).all()):
+    relevance, tensors = explanation[1], [t for _, t in outputs.leaves(explanation[0])]
+    if all(bool(torch.isfinite(t).all()) for t in [relevance, *tensors]):
         return explanation
     rows = ~torch.isfinite(relevance.reshape(relevance.shape[0], -1)).all(1)
-    rows |= ~torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
+    for t in tensors:
+        rows |= ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
     samples = [int(i) for i in rows.nonzero()[:, 0]]
     node = _origin(program, (x, target, output_relevance))
     where = ""
@@ -116,15 +119,20 @@ class _Magnitudes(fx.Interpreter):
         self.samples, self.batch = samples, batch
         self.relevant: set[fx.Node] = set()
         self.largest: dict[fx.Node, float] = {}
+        self.seeds: set[fx.Node] = set()  # the output relevance, each output's of a structure
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
-        seed = n.op == "call_function" and n.target is rt.output_relevance
+        seed = n.op == "call_function" and (n.target is rt.output_relevance or (
+            n.target is operator.getitem and n.args[0] in self.seeds))  # one of a structure
+        if seed:
+            self.seeds.add(n)
         if n.op != "output" and (seed or any(a in self.relevant for a in n.all_input_nodes)):
             self.relevant.add(n)
-            if (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim()
-                    and value.shape[0] == self.batch):
-                self.largest[n] = float(value[self.samples].abs().max())
+            values = value if seed and isinstance(value, tuple) else (value,)  # structured
+            if all(isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim()
+                   and v.shape[0] == self.batch for v in values):
+                self.largest[n] = max(float(v[self.samples].abs().max()) for v in values)
         return value
 
 
@@ -138,7 +146,7 @@ def _where_vanished(program: fx.GraphModule, args: tuple[Any, ...], samples: lis
     seen = runner.largest
     for node, size in seen.items():
         before = [seen[a] for a in node.all_input_nodes if a in seen]
-        if size == 0.0 and any(b > 0.0 for b in before):
+        if size == 0.0 and node not in runner.seeds and any(b > 0.0 for b in before):
             return node, next(iter(seen.values())), max(before)
     return None
 
@@ -156,8 +164,11 @@ def vanished(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target:
     zero = ~relevance.reshape(relevance.shape[0], -1).any(1)
     if not bool(zero.any()):
         return explanation
-    seed = rt.output_relevance(output, target, output_relevance)
-    zero &= seed.reshape(seed.shape[0], -1).any(1)
+    seeds = rt.output_relevance(output, target, output_relevance)
+    seeded = torch.zeros_like(zero)
+    for seed in seeds if isinstance(seeds, tuple) else (seeds,):
+        seeded |= seed.reshape(seed.shape[0], -1).any(1)
+    zero &= seeded
     samples = [int(i) for i in zero.nonzero()[:, 0]]
     if not samples:
         return explanation

@@ -12,13 +12,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx, nn
 
-from lrpfx import diagnose, guard, meta
+from lrpfx import diagnose, guard, meta, outputs, several
 from lrpfx.ops.table import OpKind
 from lrpfx.watch import Watch
 
 
 class _Pair(NamedTuple):
-    output: torch.Tensor
+    output: Any  # a tensor, or a dict / tuple / list of them as the model returns it
     relevance: torch.Tensor
 
 
@@ -37,7 +37,9 @@ class Explanation(_Pair):
         return self
 
     def __repr__(self) -> str:
-        shapes = f"output={tuple(self.output.shape)}, relevance={tuple(self.relevance.shape)}"
+        form = outputs.shapes(self.output)
+        shown = outputs.describe(form) if outputs.is_structured(form) else tuple(form)
+        shapes = f"output={shown}, relevance={tuple(self.relevance.shape)}"
         return f"Explanation({shapes}, layers=[{', '.join(self.layers)}])"
 
 
@@ -76,8 +78,8 @@ class Explainer(nn.Module):
         return guard.static_shape(self.graph_module)
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
-        output_relevance: torch.Tensor | Callable[..., torch.Tensor] | None = None,
+        self, x: torch.Tensor, target: int | torch.Tensor | list[Any] | None = None, *,
+        output_relevance: Any = None,
     ) -> Explanation:
         """Explain ``x``.
 
@@ -88,13 +90,19 @@ class Explainer(nn.Module):
                 (``output * one_hot(target)``).
             output_relevance: the relevance at the output instead, shaped like the output, or
                 a callable ``(output, target) -> relevance`` run on the real output
-                (``lrpfx.targets.one_hot``, ``lrpfx.targets.Contrast(other)``).
+                (``lrpfx.targets.one_hot``, ``lrpfx.targets.Contrast(other)``,
+                ``Region``, ``Unit``; ``Select(key, ...)`` for a dict / tuple / list output).
+                A list of targets or of seeds explains each in the same call
+                (``lrpfx.several``): the relevance then has a leading target dimension.
 
         Returns:
-            ``Explanation(output, relevance)``, with ``.layers`` when layers are recorded.
+            ``Explanation(output, relevance)``, with ``.layers`` when layers are recorded;
+            ``output`` as the model returns it (a dict stays a dict).
         """
         if self._watch is not None:
             self._watch.check()  # or StaleExplainerError
+        if several.several(target, output_relevance):  # lists: one relevance per item
+            return Explanation(*several.explain(self, x, target, output_relevance))
         target = guard.arguments(self.program, self.graph_module, self._versions, x, target,
                                  output_relevance)  # or a named error
         with torch.no_grad():

@@ -13,7 +13,9 @@ Before the program runs, ``arguments`` refuses, naming the argument and the fix:
   together with an ``output_relevance`` tensor, which would silently win (``ValueError``).
 - ``output_relevance``: not a tensor or a callable, not floating point, another dtype
   (``TypeError``); another device, another shape than the model output, NaN or Inf
-  (``ValueError``).
+  (``ValueError``); a seed of ``lrpfx.targets`` (``Region``, ``Unit``) that does not fit the
+  output (its own ``check``). For a dict / tuple / list output, each element it seeds is checked
+  so (``lrpfx.outputs.parts``: a ``Select`` is followed to its element; none is refused).
 
 The output shape for ``x`` is found without computing anything: the canonical forward graph is
 run on ``meta`` tensors, once per input shape and dtype (cached). Where that cannot be done
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lrpfx import diagnostics, meta
+from lrpfx import diagnostics, meta, outputs
 from lrpfx import runtime as rt
 from lrpfx.errors import StaleExplainerError
 from lrpfx.targets import Contrast
@@ -46,7 +48,7 @@ _POOLS = {
     F.adaptive_avg_pool3d: 3,
 }
 _SHAPES_CACHED = 64  # output shapes remembered per explainer
-_shapes: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple[Any, ...], torch.Size]] = (
+_shapes: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple[Any, ...], outputs.Shapes]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -71,12 +73,13 @@ def arguments(program: fx.GraphModule, graph_module: fx.GraphModule, versions: V
     on ``x``'s device (or None for the argmax)."""
     _check_unchanged(versions)
     _check_x(program, graph_module, x)
-    shape = output_shape(graph_module, x)
-    if output_relevance is not None:
-        _check_output_relevance(output_relevance, x, shape, target)
-    elif target is None:
-        _classes(shape, "the default target (each sample's argmax)")
-    return _check_target(target, x, shape)
+    pieces = outputs.parts(output_relevance, output_shape(graph_module, x))
+    for relevance, shape in pieces:  # the output, or each element a structured one is seeded at
+        if relevance is not None:
+            _check_output_relevance(relevance, x, shape, target)
+        elif target is None:
+            _classes(shape, "the default target (each sample's argmax)")
+    return _check_target(target, x, pieces[0][1])
 
 
 def _check_unchanged(recorded: Versions) -> None:
@@ -245,8 +248,9 @@ class _Forward(fx.Interpreter):
         return value.to("meta") if self.on_meta and isinstance(value, torch.Tensor) else value
 
 
-def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> torch.Size:
-    """The shape of the model output for ``x`` (see the module docstring).
+def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> outputs.Shapes:
+    """The shape of the model output for ``x`` (see the module docstring); for a dict / tuple /
+    list output, the shape of each tensor in that form (``lrpfx.outputs``).
 
     Raises:
         ValueError: ``x`` does not fit the model; names the node that fails and quotes torch.
@@ -268,23 +272,24 @@ def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> torch.Size:
             message = str(error).split("\n\nWhile executing")[0]
             raise ValueError(f"x of {_describe(x)} does not fit the model: it fails{where}: "
                              f"{type(error).__name__}: {message}") from error
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model returns {type(out).__name__}, not one tensor")
+    shapes = outputs.shapes(out)  # or a ValueError naming a leaf that is not a tensor
     if len(cache) >= _SHAPES_CACHED:
         cache.clear()
-    cache[key] = out.shape
-    return out.shape
+    cache[key] = shapes
+    return shapes
 
 
 # -- target and output relevance -------------------------------------------------------------------
-def _classes(shape: torch.Size, what: str) -> int:
+def _classes(shape: torch.Size | None, what: str) -> int | None:
+    if shape is None:  # the form a seed function of a structured output gives: not known here
+        return None
     if len(shape) < 2:
         raise ValueError(f"{what} picks a class along dimension 1, but the model output has "
                          f"shape {tuple(shape)}; pass output_relevance= instead")
     return shape[1]
 
 
-def _check_target(target: Any, x: torch.Tensor, shape: torch.Size,
+def _check_target(target: Any, x: torch.Tensor, shape: torch.Size | None,
                   name: str = "target") -> torch.Tensor | None:
     """``target`` (or ``Contrast``'s ``other``, named by ``name``) as one class per sample."""
     if target is None:
@@ -304,9 +309,9 @@ def _check_target(target: Any, x: torch.Tensor, shape: torch.Size,
         low, high = (int(target.min()), int(target.max())) if target.numel() else (0, 0)
     else:
         low = high = int(target)  # any size: checked before it becomes an int64
-    if low < 0 or high >= classes:
+    if classes is not None and (low < 0 or high >= classes):
         raise ValueError(f"{name} {low if low < 0 else high} is out of range: the model output "
-                         f"has {classes} classes along dimension 1 (shape {tuple(shape)}), "
+                         f"has {classes} classes along dimension 1 (shape {tuple(shape or ())}), "
                          f"valid {'targets' if name == 'target' else 'classes'} are 0 to "
                          f"{classes - 1}")
     if isinstance(target, torch.Tensor):
@@ -314,9 +319,12 @@ def _check_target(target: Any, x: torch.Tensor, shape: torch.Size,
     return torch.full((n,), int(target), dtype=torch.long, device=x.device)
 
 
-def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size, target: Any) -> None:
+def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size | None,
+                            target: Any) -> None:
     if isinstance(r, Contrast):
         _check_target(r.other, x, shape, "Contrast's other class")
+    if callable(check := getattr(r, "check", None)) and shape is not None:
+        check(shape, x.shape[0], target)  # a seed of lrpfx.targets: Region, Unit
     if callable(r) and not isinstance(r, torch.Tensor):
         return  # a seed function, run on the real output, whose result is checked there
     if not isinstance(r, torch.Tensor):
@@ -331,6 +339,7 @@ def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size, target: 
         raise TypeError(f"output_relevance has dtype {r.dtype} but x has {x.dtype}; use one")
     if r.device != x.device:
         raise ValueError(f"output_relevance is on {r.device} but x is on {x.device}")
+    assert shape is not None  # outputs.parts gives a tensor the shape of the element it seeds
     if r.shape != shape:
         raise ValueError(f"output_relevance has shape {tuple(r.shape)} but the model output for "
                          f"x of {_describe(x)} has shape {tuple(shape)}; give one value per "

@@ -168,6 +168,32 @@ def overlay(images: torch.Tensor, relevance: torch.Tensor, cmap: str = "bwr",
     return base * (1 - alpha * strength) + colorize(maps, cmap).movedim(0, 1) * alpha * strength
 
 
+def frames(clip: torch.Tensor, relevance: torch.Tensor, cmap: str = "bwr",
+           symmetric: bool | None = None, reduce: Reduce = "sum", quantile: float = 1.0,
+           mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None
+           ) -> torch.Tensor:
+    """A video clip and its relevance, ``(C, T, H, W)`` each (a video model's input and
+    ``out.relevance[i]``), as a frame strip ``(2T, 3, H, W)``: the ``T`` frames, then their
+    ``T`` heatmaps on one scale for the whole clip, so colors compare across frames.
+    ``save_png(frames(x[0], out.relevance[0]), "clip.png", nrow=T)`` writes it as two rows.
+    ``mean``/``std`` undo the input normalization (:func:`to_image`); the other options are
+    those of :func:`heatmap`."""
+    if clip.dim() != 4 or relevance.shape != clip.shape:
+        raise ValueError(f"frames takes one clip (C, T, H, W) and its relevance of the same "
+                         f"shape, got {tuple(clip.shape)} and {tuple(relevance.shape)}; pass "
+                         "x[i] and out.relevance[i]")
+    symmetric = cmap in DIVERGING if symmetric is None else symmetric
+    maps = reduce_channels(relevance.movedim(1, 0), reduce)  # (T, H, W)
+    maps = normalize(maps.unsqueeze(0), symmetric, quantile)[0]  # one scale for the clip
+    pixels = clip.detach().float().cpu().movedim(1, 0)  # (T, C, H, W)
+    if mean is not None and std is not None:
+        pictures = to_image(pixels, mean, std)
+    else:  # one range for the clip, not each frame stretched
+        pictures = (pixels - pixels.min()) / (pixels.max() - pixels.min()).clamp(min=1e-12)
+        pictures = pictures.expand(-1, 3, -1, -1) if pictures.shape[1] == 1 else pictures
+    return torch.cat([pictures, colorize(maps, cmap).movedim(0, 1)])
+
+
 def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """Images ``(N, 3, H, W)`` as one ``(3, H', W')`` grid of ``nrow`` per row, white gaps."""
     from torchvision.utils import make_grid

@@ -181,9 +181,13 @@ def build_model(arch: str) -> nn.Module:
         return _from_import_path(arch)
     from torchvision import models
 
+    if arch in models.list_models(module=models.segmentation):  # their weights have aux heads
+        aux = {} if arch.startswith("lraspp") else {"aux_loss": True}
+        return models.get_model(arch, weights=None, weights_backbone=None, **aux)
     if arch not in models.list_models(module=models):
         raise InputError(f"unknown architecture {arch!r}: give a torchvision classification "
-                         "model name (vgg16, resnet50, ...) or module:factory")
+                         "or segmentation model name (vgg16, resnet50, deeplabv3_resnet50, ...) "
+                         "or module:factory")
     return models.get_model(arch, weights=None)
 
 

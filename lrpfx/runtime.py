@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
+from lrpfx import outputs
 from lrpfx.targets import Seed, Target, logit
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
@@ -138,12 +139,31 @@ def _as_2d(
     return fn_2d(s.unsqueeze(-2), x.unsqueeze(-2), *args).squeeze(-2)
 
 
+def _pad_first(x: torch.Tensor, kernel_size: Sequence[int], padding: Sequence[int],
+               ceil_mode: bool) -> bool:
+    """Whether to pad before an average pool: torch's refuse an input smaller than the window
+    even where the padding makes up for it (S3D's 3×3×3 max-pools on 2 frames, read as
+    averages); zeros counted in the average, padding first is the same pool."""
+    return not ceil_mode and any(p and size < k for size, k, p in
+                                 zip(x.shape[2:], kernel_size, padding, strict=False))
+
+
+def _pads(padding: Sequence[int]) -> list[int]:
+    """``F.pad``'s form of a pool's symmetric padding (last dimension first)."""
+    return [p for q in reversed(padding) for p in (q, q)]
+
+
 @kernel(fresh=True)
 def avg_pool_transpose(s: torch.Tensor, x: torch.Tensor, kernel_size: Sequence[int],
                        stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
                        count_include_pad: bool = True, divisor_override: int | None = None
                        ) -> torch.Tensor:
     """The transpose of ``avg_pool{1,2,3}d`` applied to ``s``, shaped like ``x``."""
+    if count_include_pad and _pad_first(x, kernel_size, padding, ceil_mode):
+        pads = _pads(padding)
+        c = avg_pool_transpose(s, F.pad(x, pads), kernel_size, stride, [0] * len(padding),
+                               ceil_mode, True, divisor_override)
+        return F.pad(c, [-p for p in pads])  # the crop of the zeros added
     aten = torch.ops.aten
     args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     spatial = x.dim() - 2
@@ -171,6 +191,8 @@ def adaptive_avg_pool_transpose(s: torch.Tensor, x: torch.Tensor) -> torch.Tenso
 def avg_pool(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
              padding: Sequence[int], ceil_mode: bool) -> torch.Tensor:
     """Average pooling of any dimension 1-3 (max-pool windows treated as averages)."""
+    if _pad_first(x, kernel_size, padding, ceil_mode):
+        x, padding = F.pad(x, _pads(padding)), [0] * len(padding)
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
     return pool(x, list(kernel_size), list(stride), list(padding), ceil_mode, True)
 
@@ -380,6 +402,15 @@ def split_transpose(r: torch.Tensor, x: torch.Tensor, sizes: int | list[int], di
 
 
 @kernel(fresh=False)
+def tensor_split_transpose(r: torch.Tensor, x: torch.Tensor, sections: int | list[int],
+                           dim: int, i: int) -> torch.Tensor:
+    """Piece ``i`` of ``torch.tensor_split(x, sections, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.tensor_split(out, sections, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
 def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, length: int
                      ) -> torch.Tensor:
     """The transpose of ``torch.narrow(x, dim, start, length)``."""
@@ -406,10 +437,13 @@ def pad_transpose(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
 # -- the output relevance, filters, layout -------------------------------------------------------
 @kernel(fresh=False)
 def output_relevance(
-    output: torch.Tensor, target: Target, relevance: torch.Tensor | Seed | None
-) -> torch.Tensor:
+    output: Any, target: Target, relevance: Any
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The relevance at the output (``lrpfx.targets``): the target logit, a given tensor, or a
-    seed function of the output."""
+    seed function of the output; for a dict / tuple / list output, one relevance per tensor of
+    it (``lrpfx.outputs.leaves`` order)."""
+    if not isinstance(output, torch.Tensor):
+        return outputs.seed_leaves(output, target, _seeded_structure(relevance), _checked)
     if relevance is None:
         return logit(output, target)
     if callable(relevance) and not isinstance(relevance, torch.Tensor):
@@ -420,14 +454,32 @@ def output_relevance(
     return relevance
 
 
-def _seeded(seed: Seed, output: torch.Tensor, target: Target) -> torch.Tensor:
-    """``seed(output, target)``, checked as an ``output_relevance`` tensor is."""
+def _call(seed: Seed, output: Any, target: Target) -> Any:
+    """``seed(output, target)``, a failure named."""
     name = getattr(seed, "__name__", None) or repr(seed)
     try:
-        r = seed(output, target)
+        return seed(output, target)
     except Exception as error:
-        raise ValueError(f"output_relevance {name} failed on the model output of shape "
-                         f"{tuple(output.shape)}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"output_relevance {name} failed on the model output of "
+                         f"{outputs.describe(outputs.shapes(output))}: "
+                         f"{type(error).__name__}: {error}") from error
+
+
+def _seeded_structure(seed: Any) -> Any:
+    """A seed of a structured output, its failures named (a structure of tensors as it is)."""
+    if callable(seed) and not isinstance(seed, torch.Tensor):
+        return lambda output, target: _call(seed, output, target)
+    return seed
+
+
+def _seeded(seed: Seed, output: torch.Tensor, target: Target) -> torch.Tensor:
+    """``seed(output, target)``, checked as an ``output_relevance`` tensor is."""
+    return _checked(_call(seed, output, target), output,
+                    getattr(seed, "__name__", None) or repr(seed))
+
+
+def _checked(r: Any, output: torch.Tensor, name: str) -> torch.Tensor:
+    """``r``, the relevance of ``output`` called ``name`` in messages, if it fits it."""
     if not isinstance(r, torch.Tensor) or not r.is_floating_point():
         got = f"dtype {r.dtype}" if isinstance(r, torch.Tensor) else type(r).__name__
         raise TypeError(f"output_relevance {name} must return a floating-point tensor shaped "

@@ -2,7 +2,8 @@
 
 Before: an annotated graph.
 After:  the same graph, unchanged; or ``UnsupportedOperationError`` naming, for every
-offending node, its module path, op, source line and what to do. A node passes when the op
+offending node, its module path, op, source line and what to do (and every output that is not a
+tensor: a model returns one tensor or a dict / tuple / list of them). A node passes when the op
 table has a row for its op and its rule's class (or, without a rule, a row for that); fitted
 patterns are checked against their weights (``lrpfx.patterns.PatternError``).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from lrpfx import meta
+from lrpfx import meta, outputs
 from lrpfx.diagnostics import where as _where  # a node: spelling, module, source line
 from lrpfx.errors import ExampleInputsNeededError, UnsupportedOperationError
 from lrpfx.frontend import static
@@ -55,6 +56,16 @@ def _problem(node: fx.Node, modules: dict) -> str | None:
     return None
 
 
+def _output_problems(gm: fx.GraphModule) -> list[str]:
+    """The model output must be a tensor, or a dict / tuple / list of tensors."""
+    output = next((n for n in gm.graph.nodes if n.op == "output"), None)
+    if output is None:
+        return []
+    return [f"output: {outputs.spell(path)} is {type(leaf).__name__}; the model must return "
+            "one tensor or a dict / tuple / list of tensors (compute the others outside)"
+            for path, leaf in outputs.leaves(output.args[0]) if not isinstance(leaf, fx.Node)]
+
+
 def check(gm: fx.GraphModule) -> fx.GraphModule:
     """Raise one error listing every node that cannot be explained (see the module docstring)."""
     modules = dict(gm.named_modules())
@@ -62,9 +73,7 @@ def check(gm: fx.GraphModule) -> fx.GraphModule:
              if n.meta.get(meta.CONE) and n.op not in ("placeholder", "get_attr")
              and (p := _problem(n, modules)) is not None]
     problems = [f"{_where(n)}: {p}" for n, p in found]
-    outputs = [n for n in gm.graph.nodes if n.op == "output"]
-    if outputs and not isinstance(outputs[0].args[0], fx.Node):
-        problems.append("output: the model must return one tensor")
+    problems += _output_problems(gm)
     if found and len(found) == len(problems) and all(_wrapped_hint(n) for n, _ in found):
         raise ExampleInputsNeededError(problems, HINT)  # static shapes would trace through
     if problems:

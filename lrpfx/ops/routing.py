@@ -4,8 +4,8 @@
 - ``cat(xs, d)``: ``R`` split along ``d`` in the sizes of ``xs``; ``stack``: ``R.unbind(d)``;
 - ``x[idx]``, ``narrow``, ``select``: ``R`` written into zeros shaped like ``x`` at ``idx``
   (duplicate advanced indices add up);
-- ``chunk``/``split``/``unbind`` pieces: each ``getitem`` of the tuple writes its piece into
-  zeros shaped like the input, and the pieces add up at the input;
+- ``chunk``/``split``/``tensor_split``/``unbind`` pieces: each ``getitem`` of the tuple writes
+  its piece into zeros shaped like the input, and the pieces add up at the input;
 - ``permute``: the inverse permutation; ``transpose``: the same transpose;
   ``unsqueeze``/``squeeze``: a reshape; ``broadcast_to``/``expand_as``: a sum over the broadcast
   dims; ``pad``: a crop (padded constants keep their relevance), or for the copying modes
@@ -41,6 +41,7 @@ from lrpfx.ops.table import (
 
 _PIECES: dict[Any, Callable[..., torch.Tensor]] = {
     torch.chunk: rt.chunk_transpose, torch.split: rt.split_transpose,
+    torch.tensor_split: rt.tensor_split_transpose,
     torch.unbind: rt.select_transpose,  # piece i of unbind(x, d) is select(x, d, i)
     kernels.max_dim: kernels.max_dim_transpose,  # (maxima, indices) of x.max(d)
 }
@@ -52,7 +53,7 @@ defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.
       torch.roll, kind=ROUTING, routes=True)
 defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, kind=ROUTING)
 defop(kernels.cast, kind=ROUTING, routes=True, keeps_nonneg=True)
-defop(torch.chunk, torch.split, torch.unbind, kind=ROUTING, pieces=True)
+defop(torch.chunk, torch.split, torch.tensor_split, torch.unbind, kind=ROUTING, pieces=True)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
 defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new_zeros",
       "new_ones", "new_empty", "new_full", kind=OpKind.SHAPE, constant=True)
@@ -96,6 +97,12 @@ def _split(size: Any = None, dim: int = 0, *, split_size_or_sections: Any = None
     return Call(torch.split, (list(sizes) if isinstance(sizes, tuple) else sizes, dim))
 
 
+def _tensor_split(sections: Any = None, dim: int = 0, *, indices: Any = None,
+                  tensor_indices_or_sections: Any = None) -> Converted:
+    given = next(s for s in (sections, indices, tensor_indices_or_sections) if s is not None)
+    return Call(torch.tensor_split, (list(given) if isinstance(given, tuple) else given, dim))
+
+
 def _bind_pad(pad: Any, mode: str = "constant", value: float | None = None) -> Converted:
     if mode not in ("constant", "reflect", "replicate", "circular"):
         return Unsupported(f"F.pad with mode={mode!r}")
@@ -120,6 +127,7 @@ spell(torch.stack, bind=_with_dim(torch.stack))
 spell(torch.unbind, "unbind", bind=_with_dim(torch.unbind))
 spell(torch.chunk, "chunk", bind=lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)))
 spell(torch.split, "split", bind=_split)
+spell(torch.tensor_split, "tensor_split", bind=_tensor_split)
 spell(torch.permute, "permute",
       bind=lambda *dims, **k: Call(torch.permute, (_dims(dims or (k["dims"],)),)))
 spell(torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes", "swapdims",
@@ -167,7 +175,7 @@ def _stack(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribu
             for i, x in enumerate(xs) if carries(x)]
 
 
-@relevance(torch.chunk, torch.split, torch.unbind)
+@relevance(torch.chunk, torch.split, torch.tensor_split, torch.unbind)
 def pieces(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     """The pieces' relevance reaches the input through their ``getitem`` nodes (see below)."""
     return []
