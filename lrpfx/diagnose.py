@@ -83,21 +83,22 @@ def _hint(program: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> str:
 
 
 def finite(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: Any,
-           output_relevance: Any) -> Any:
-    """Return ``explanation``, which ``program`` computed from ``(x, target, output_relevance)``,
-    if its output and relevance are finite; else raise ``NonFiniteError`` saying where the
-    first NaN/Inf came from."""
+           output_relevance: Any, inputs: tuple[Any, ...] | None = None) -> Any:
+    """Return ``explanation``, which ``program`` computed from ``(x, target, output_relevance)``
+    (``(*inputs, target, output_relevance)`` for a model with several inputs), if its output
+    and relevance are finite; else raise ``NonFiniteError`` saying where the first NaN/Inf
+    came from."""
     output, relevance = explanation[0], explanation[1]
     if bool(torch.isfinite(relevance).all() & torch.isfinite(output).all()):
         return explanation
     rows = ~torch.isfinite(relevance.reshape(relevance.shape[0], -1)).all(1)
     rows |= ~torch.isfinite(output.reshape(output.shape[0], -1)).all(1)
     samples = [int(i) for i in rows.nonzero()[:, 0]]
-    node = _origin(program, (x, target, output_relevance))
+    node = _origin(program, (*(inputs or (x,)), target, output_relevance))
     where = ""
     if node is not None:
         op = getattr(node.target, "__name__", str(node.target))
-        hint = _hint(program, node, x.dtype)
+        hint = _hint(program, node, explanation[0].dtype)
         where = (f"; the first one comes from node {node.name!r} ({op}) of the relevance "
                  f"program (print(explainer.code)): {hint}")
     raise NonFiniteError(
@@ -149,7 +150,7 @@ _UNDERFLOW = ("It shrank on the way until it underflowed: the rules' epsilon/sta
 
 
 def vanished(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: Any,
-             output_relevance: Any) -> Any:
+             output_relevance: Any, inputs: tuple[Any, ...] | None = None) -> Any:
     """Return ``explanation``; warn first when the relevance of a sample is exactly zero while
     its output relevance is not (see the module docstring)."""
     output, relevance = explanation[0], explanation[1]
@@ -161,7 +162,8 @@ def vanished(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target:
     samples = [int(i) for i in zero.nonzero()[:, 0]]
     if not samples:
         return explanation
-    found = _where_vanished(program, (x, target, output_relevance), samples, x.shape[0])
+    found = _where_vanished(program, (*(inputs or (x,)), target, output_relevance), samples,
+                            x.shape[0])
     where, hint = "", _UNDERFLOW
     if found is not None:
         node, start, last = found

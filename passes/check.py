@@ -60,7 +60,7 @@ def check(gm: fx.GraphModule) -> fx.GraphModule:
     modules = dict(gm.named_modules())
     found = [(n, p) for n in gm.graph.nodes
              if n.meta.get(meta.CONE) and n.op not in ("placeholder", "get_attr")
-             and (p := _problem(n, modules)) is not None]
+             and not n.meta.get(meta.EXPLAINED) and (p := _problem(n, modules)) is not None]
     problems = [f"{_where(n)}: {p}" for n, p in found]
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
     if outputs and not isinstance(outputs[0].args[0], fx.Node):

@@ -68,6 +68,8 @@ def canonical(
     example_inputs: tuple[Any, ...] | None = None,
     training_warning: str = COMPILE_WARNING,
     warn_stacklevel: int = 2,
+    example_kwargs: dict[str, Any] | None = None,
+    several: bool = False,
 ) -> fx.GraphModule:
     """The canonical graph of ``model`` with eval semantics (see the module docstring).
 
@@ -77,13 +79,15 @@ def canonical(
         leaf_modules, concrete_args: as given to ``lrpfx.compile``.
         example_inputs: the arguments of one call of ``model``: shapes become static
             (``lrpfx.frontend.static``).
+        example_kwargs: its keyword arguments by name, likewise.
+        several: the model may keep several tensor inputs (``lrpfx.frontend.inputs``).
         training_warning: the warning's text, a format string with ``{name}`` and ``{which}``.
         warn_stacklevel: where warnings point, counted from ``canonical`` as ``warnings.warn``
             counts (2: the caller of ``canonical``).
     """
     model = eval_mode(model, training_warning, warn_stacklevel + 1)
     gm = trace(model, concrete_args, leaf_modules, example_inputs=example_inputs,
-               stacklevel=warn_stacklevel + 1)
+               stacklevel=warn_stacklevel + 1, example_kwargs=example_kwargs, several=several)
     for canonize in CANONIZE:
         gm = canonize(gm)
     return gm
