@@ -10,7 +10,7 @@ from torch import nn
 
 from lrpfx import codegen, composites, passes  # type: ignore[attr-defined]
 from lrpfx.explainer import Explainer
-from lrpfx.frontend import LeafSpec, canonical, eval_mode, static
+from lrpfx.frontend import Frontend, LeafSpec, canonical, eval_mode, static
 from lrpfx.frontend.inputs import mark_explained
 from lrpfx.model_checks import check_rules, model_to_compile, warn_unmatched_names
 from lrpfx.passes.maxpool import MaxPoolMode
@@ -36,6 +36,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     strip_softmax: bool = False,
     patterns: Patterns | None = None,
     explain: str | None = None,
+    frontend: Frontend = "auto",
 ) -> Explainer:
     """Compile ``model`` into an explainer: one generated forward + relevance program.
 
@@ -67,6 +68,9 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
             first floating-point input, else token ids read by an embedding, whose relevance
             is taken at the embedding output and reported per token); the others are passed
             through: their values are computed, and carry no relevance.
+        frontend: how the model is read: ``"fx"`` (symbolic tracing), ``"export"``
+            (``torch.export``, for models fx cannot trace, such as HuggingFace transformers;
+            it needs ``example_inputs``) or ``"auto"`` (fx where it traces, else export).
         patterns: fitted signal patterns (``lrpfx.patterns.fit``) for the ``"patternnet"`` and
             ``"patternattribution"`` presets given by name.
 
@@ -85,7 +89,8 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         watch = Watch(model)  # the user's model, not its eval copy: later changes are refused
         model = eval_mode(model, stacklevel=3)  # in training mode: an eval copy (and a warning)
         gm = canonical(model, leaf_modules, concrete_args, example_inputs=examples,
-                       warn_stacklevel=3, example_kwargs=keywords, several=several)
+                       warn_stacklevel=3, example_kwargs=keywords, several=several,
+                       frontend=frontend)
         gm = mark_explained(gm, explain)
         warn_unmatched_names(gm, rules, stacklevel=3)
         gm = check_softmax(gm, strip_softmax)

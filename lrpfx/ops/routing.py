@@ -29,6 +29,7 @@ from lrpfx.ops.table import (
     Converted,
     OpKind,
     Unsupported,
+    aten,
     carries,
     defop,
     relevance,
@@ -97,32 +98,39 @@ def _bind_pad(pad: Any, mode: str = "constant", value: float | None = None) -> C
     return Call(F.pad, (tuple(pad), "constant", 0.0 if value is None else value))
 
 
-spell(torch.reshape, "view", "reshape",
+spell(torch.reshape, "view", "reshape", aten.view.default, aten.reshape.default,
+      aten._unsafe_view.default,
       bind=lambda *shape, **k: Call(torch.reshape, (_dims(shape or (k["shape"],)),)))
-spell(torch.flatten, "flatten", modules={nn.Flatten: lambda m: (m.start_dim, m.end_dim)},
+spell(torch.flatten, "flatten", aten.flatten.using_ints,
+      modules={nn.Flatten: lambda m: (m.start_dim, m.end_dim)},
       bind=lambda start_dim=0, end_dim=-1: Call(torch.flatten, (start_dim, end_dim)))
 spell(torch.unflatten, "unflatten",
       modules={nn.Unflatten: lambda m: (m.dim, tuple(m.unflattened_size))},
       bind=lambda dim, sizes: Call(torch.unflatten, (dim, sizes)))
-spell(torch.cat, torch.concat, torch.concatenate, bind=_with_dim(torch.cat))
-spell(torch.stack, bind=_with_dim(torch.stack))
-spell(torch.unbind, "unbind", bind=_with_dim(torch.unbind))
-spell(torch.chunk, "chunk", bind=lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)))
-spell(torch.split, "split", bind=_split)
-spell(torch.permute, "permute",
+spell(torch.cat, torch.concat, torch.concatenate, aten.cat.default, bind=_with_dim(torch.cat))
+spell(torch.stack, aten.stack.default, bind=_with_dim(torch.stack))
+spell(torch.unbind, "unbind", aten.unbind.int, bind=_with_dim(torch.unbind))
+spell(torch.chunk, "chunk", aten.chunk.default,
+      bind=lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)))
+spell(torch.split, "split", aten.split.Tensor, aten.split_with_sizes.default, bind=_split)
+spell(torch.permute, "permute", aten.permute.default,
       bind=lambda *dims, **k: Call(torch.permute, (_dims(dims or (k["dims"],)),)))
 spell(torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes", "swapdims",
+      aten.transpose.int,
       bind=lambda dim0, dim1: Call(torch.transpose, (dim0, dim1)))
-spell(torch.unsqueeze, "unsqueeze", bind=lambda dim: Call(torch.unsqueeze, (dim,)))
-spell(torch.squeeze, "squeeze",
+spell(torch.unsqueeze, "unsqueeze", aten.unsqueeze.default,
+      bind=lambda dim: Call(torch.unsqueeze, (dim,)))
+spell(torch.squeeze, "squeeze", aten.squeeze.dim, aten.squeeze.dims,
       bind=lambda dim=None: Call(torch.squeeze, () if dim is None else (dim,)))
-spell(torch.broadcast_to, "expand",
+spell(torch.broadcast_to, "expand", aten.expand.default,
       bind=lambda *size, **k: Call(torch.broadcast_to, (_dims(size or (k["size"],)),)))
-spell(torch.narrow, "narrow",
+spell(torch.narrow, "narrow", aten.narrow.default,
       bind=lambda dim, start, length: Call(torch.narrow, (dim, start, length)))
-spell(torch.select, "select", bind=lambda dim, index: Call(torch.select, (dim, index)))
+spell(torch.select, "select", aten.select.int,
+      bind=lambda dim, index: Call(torch.select, (dim, index)))
 spell(F.pad, bind=_bind_pad)
-spell(torch.roll, "roll", bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
+spell(torch.roll, "roll", aten.roll.default,
+      bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
 
 
 @relevance(torch.reshape, torch.flatten, torch.unflatten, torch.unsqueeze, torch.squeeze)

@@ -21,6 +21,7 @@ from lrpfx.ops.table import (
     Converted,
     OpKind,
     Unsupported,
+    aten,
     defop,
     pass_through,
     relevance,
@@ -36,7 +37,7 @@ def _bind(dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Converted
 
 
 defop(F.softmax, kind=OpKind.SOFTMAX, nonneg=True, gate=True)
-spell(F.softmax, torch.softmax, torch.special.softmax, "softmax",
+spell(F.softmax, torch.softmax, torch.special.softmax, "softmax", aten._softmax.default,
       modules={nn.Softmax: lambda m: _bind(m.dim)}, bind=_bind)
 
 
