@@ -11,8 +11,8 @@ It hands the passes the same seam as the fx front end (``lrpfx.frontend``):
 
 - aten ops are spellings in the op table (``spell(F.linear, aten.linear.default, ...)``), made
   canonical by ``passes.normalize`` like any other; the few whose arguments differ from their
-  canonical op (``embedding(weight, ids)``, ``addmm``, ``t``, ``slice``, casts, a softmax in
-  another dtype, ``scaled_dot_product_attention``) are rewritten here, before it;
+  canonical op (``embedding(weight, ids)``, ``addmm``, ``t``, ``slice``, casts,
+  ``scaled_dot_product_attention``, eval-mode BatchNorm) are rewritten here, before it;
 - each node's module path and class come from its ``nn_module_stack``: the innermost module,
   when it is a layer of ``torch.nn`` (as the fx front end keeps those whole), so composites by
   name (``"encoder.*.mlp.0"``) and by type (``nn.Linear``) match the same call sites;
@@ -61,13 +61,14 @@ def export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> f
     graph = module.graph
     graph._codegen = fx.graph.CodeGen()  # plain arguments, not export's pytree flattening
     _choose_output(graph, program.call_spec.out_spec)
+    for node in list(graph.find_nodes(op="call_module", target="_guards_fn")):
+        if not node.users:  # export's check of the inputs' shapes (lrpfx.calls checks them)
+            graph.erase_node(node)
     _inputs(graph, model)
     modules = dict(model.named_modules())
     for node in list(graph.nodes):
         if node.op == "call_function":
             _rewrite(graph, node)
-        elif node.op == "call_module" and node.target == "_guards_fn" and not node.users:
-            graph.erase_node(node)  # export's check of the inputs' shapes: lrpfx.calls checks
     for node in graph.nodes:
         if node.op == "call_function":
             _where_from(node, modules)
@@ -166,14 +167,6 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> None:
                 None, _device(args[0])):
             return  # a change of device or memory format: left as it is
         _cast_or_same(graph, node, args[0], dtype)  # type: ignore[arg-type]
-    elif target is aten.softmax.int:
-        x, dim = args[0], args[1]
-        dtype = args[2] if len(args) > 2 else kwargs.get("dtype")
-        if dtype is not None and dtype != _dtype(x):
-            with graph.inserting_before(node):
-                x = graph.call_function(cast, (x, dtype))
-            x.meta = dict(node.meta)
-        _replace(graph, node, F.softmax, x, dim)
     elif target is aten.scaled_dot_product_attention.default:
         _replace(graph, node, F.scaled_dot_product_attention, *args, **kwargs)
     elif target is aten._native_batch_norm_legit_no_training.default:
