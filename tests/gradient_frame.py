@@ -20,7 +20,9 @@ computes relevance):
   relevance.
 
 ``language_model_relevance`` runs a HuggingFace model from its token embeddings
-(``inputs_embeds``) and returns their relevance.
+(``inputs_embeds``) and returns their relevance; HuggingFace's activation modules (GPT-2's
+``NewGELUActivation``, written out in products and ``tanh``) take the identity rule as a whole,
+as LXT patches them.
 
 Nothing of lrpfx is imported: no tracing, no op table, no code generation is shared.
 """
@@ -171,6 +173,9 @@ def language_model_relevance(model: nn.Module, inputs: dict[str, Tensor], seed: 
     ``inputs`` (``input_ids``, ``attention_mask``, ...), for the output relevance
     ``logits ⊙ seed``: ``(batch, seq, hidden)``."""
     model = copy.deepcopy(model).eval().requires_grad_(False)
+    for module in model.modules():  # HF activations written out (GPT-2's NewGELU): identity
+        if type(module).__module__ == "transformers.activations":
+            module.register_forward_hook(lambda m, args, y: _identity(args[0], y))
     others = {k: v for k, v in inputs.items() if k != "input_ids"}
     embeddings = model.get_input_embeddings()(inputs["input_ids"]).detach().requires_grad_(True)
     with ModifiedGradient() as first:

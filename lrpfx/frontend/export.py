@@ -16,6 +16,8 @@ It hands the passes the same seam as the fx front end (``lrpfx.frontend``):
 - each node's module path and class come from its ``nn_module_stack``: the innermost module,
   when it is a layer of ``torch.nn`` (as the fx front end keeps those whole), so composites by
   name (``"encoder.*.mlp.0"``) and by type (``nn.Linear``) match the same call sites;
+- a HuggingFace activation written out in elementwise ops (GPT-2's ``NewGELUActivation``) is
+  the canonical op it computes (``REGIONS``), so that it takes an activation's rule;
 - the inputs keep the names of the model's arguments; arguments that are not tensors (flags
   like ``use_cache``) are fixed at their example values; the output is the model's tensor, or
   the ``logits`` of a HuggingFace output (else its first tensor).
@@ -38,6 +40,18 @@ from lrpfx.ops.casts import cast
 from lrpfx.ops.table import aten
 
 _DROPPED = {aten._assert_tensor_metadata.default}
+
+#: activation modules whose forward is written out in elementwise ops, by the class path that
+#: ``nn_module_stack`` records: the region becomes the canonical op it computes, so that it
+#: takes an activation's rule (the identity rule under AttnLRP) as a whole, as LXT patches them
+REGIONS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "transformers.activations.NewGELUActivation": (F.gelu, {"approximate": "tanh"}),
+    "transformers.activations.GELUTanh": (F.gelu, {"approximate": "tanh"}),
+    "transformers.activations.FastGELUActivation": (F.gelu, {"approximate": "tanh"}),
+    "transformers.activations.PytorchGELUTanh": (F.gelu, {"approximate": "tanh"}),
+    "transformers.activations.GELUActivation": (F.gelu, {}),
+    "transformers.activations.SiLUActivation": (F.silu, {}),
+}
 
 
 def export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
@@ -65,6 +79,7 @@ def export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> f
         if not node.users:  # export's check of the inputs' shapes (lrpfx.calls checks them)
             graph.erase_node(node)
     _inputs(graph, model)
+    _regions(graph)
     modules = dict(model.named_modules())
     for node in list(graph.nodes):
         if node.op == "call_function":
@@ -75,6 +90,31 @@ def export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> f
     graph.eliminate_dead_code()
     graph.lint()
     return fx.GraphModule(module, graph, type(model).__name__)
+
+
+def _regions(graph: fx.Graph) -> None:
+    """Each call of a module of ``REGIONS`` (one tensor in, one out) as its canonical op."""
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and stack:
+            key, (path, cls) = list(stack.items())[-1]
+            if str(cls) in REGIONS:
+                calls.setdefault(key, []).append(node)
+    for nodes in calls.values():
+        inside = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes if a not in inside}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            continue  # not one elementwise call: left as the ops it is
+        cls = str(list(nodes[0].meta["nn_module_stack"].values())[-1][1])
+        fn, kwargs = REGIONS[cls]
+        with graph.inserting_before(outputs[0]):
+            new = graph.call_function(fn, (next(iter(inputs)),), kwargs)
+        new.meta = dict(outputs[0].meta)
+        outputs[0].replace_all_uses_with(new)
+        for node in reversed(nodes):
+            graph.erase_node(node)
 
 
 def _parameters(model: nn.Module) -> set[str]:
