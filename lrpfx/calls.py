@@ -19,6 +19,7 @@ from torch import fx
 
 from lrpfx import guard, meta
 from lrpfx.frontend.inputs import argument_name
+from lrpfx.language.targets import NextToken, sequence_seed
 
 
 class Signature:
@@ -139,3 +140,23 @@ def target_and_shape(graph_module: fx.GraphModule, signature: Signature, inputs:
     elif target is None:
         guard._classes(shape, "the default target (each sample's argmax)")
     return guard._check_target(target, like, shape)
+
+
+def sequence_target(graph_module: fx.GraphModule, signature: Signature, inputs: list[Any],
+                    target: Any, output_relevance: Any) -> tuple[Any, Any]:
+    """For a language model's logits ``(batch, seq, vocab)`` from explained token ids: the
+    target (None: the predicted next token; a token id, one per sample) and a ``NextToken``
+    as an output relevance at the last non-padding position (``lrpfx.language.targets``)."""
+    mask = inputs[signature.names.index("attention_mask")] if (
+        "attention_mask" in signature.names) else None
+    if isinstance(output_relevance, NextToken):
+        return target, sequence_seed(output_relevance, mask)
+    if output_relevance is not None or not signature.tokens:
+        return target, output_relevance
+    if len(guard.output_shape(graph_module, *inputs)) != 3:
+        return target, output_relevance
+    if target is not None and not isinstance(target, int | torch.Tensor) or isinstance(
+            target, bool):
+        raise TypeError("target must be a token id, one per sample, or None (the predicted "
+                        f"next token), got {type(target).__name__}")
+    return None, sequence_seed(NextToken(target), mask)

@@ -126,6 +126,8 @@ class Explainer(nn.Module):
                           if t.is_floating_point()), None)
         dtype = None if reference is None else reference.dtype
         self._signature.check(inputs, dtype, None if reference is None else reference.device)
+        target, output_relevance = calls.sequence_target(
+            self.graph_module, self._signature, inputs, target, output_relevance)
         target = calls.target_and_shape(self.graph_module, self._signature, inputs, target,
                                         output_relevance, dtype)
         with torch.no_grad():

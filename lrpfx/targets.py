@@ -69,3 +69,9 @@ class Contrast:
         if other is None:
             other = output.scatter(1, _index(output, target), float("-inf")).argmax(1)
         return mine - logit(output, torch.as_tensor(other))
+
+
+
+
+# targets for sequences (a language model's next token): lrpfx.language.targets
+from lrpfx.language.targets import NextToken as NextToken  # noqa: E402
