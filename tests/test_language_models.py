@@ -165,3 +165,22 @@ def test_a_padded_batch_equals_each_sample_alone(name):
     one = single(**alone, output_relevance=lambda output, target: output * seed[1:, :5])
     torch.testing.assert_close(out.relevance[1:, :5], one.relevance, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(out.output[1:, :5], one.output, rtol=1e-10, atol=1e-12)
+
+
+def test_hf_modules_are_named_recorded_and_matched_by_name():
+    """GPT-2's ``Conv1D`` (one ``addmm``) and ``NewGELUActivation`` (eight elementwise ops)
+    are call sites with their module path and class, like ``torch.nn`` layers."""
+    from transformers.activations import NewGELUActivation
+    from transformers.pytorch_utils import Conv1D
+
+    model, inputs = _make("gpt2", "sdpa"), _batch()
+    explainer = lrpfx.compile(model, {"*.mlp.c_fc": lrpfx.rules.Epsilon(0.25)},
+                              example_inputs=inputs, frontend="export",
+                              record=["transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.act"])
+    nodes = {n.meta.get(lrpfx.meta.PATH): n for n in explainer.graph_module.graph.nodes}
+    assert nodes["transformer.h.1.mlp.c_fc"].meta[lrpfx.meta.MODULE_TYPE] is Conv1D
+    assert nodes["transformer.h.1.mlp.c_fc"].meta[lrpfx.meta.RULE] == lrpfx.rules.Epsilon(0.25)
+    assert nodes["transformer.h.1.mlp.act"].meta[lrpfx.meta.MODULE_TYPE] is NewGELUActivation
+    out = explainer(**inputs)  # the default target: the predicted next token
+    assert set(out.layers) == {"transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.act"}
+    assert out.layers["transformer.h.0.mlp.act"].shape == (2, 7, 128)

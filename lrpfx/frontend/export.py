@@ -15,7 +15,8 @@ It hands the passes the same seam as the fx front end (``lrpfx.frontend``):
   ``scaled_dot_product_attention``, eval-mode BatchNorm) are rewritten here, before it;
 - each node's module path and class come from its ``nn_module_stack``: the innermost module,
   when it is a layer of ``torch.nn`` (as the fx front end keeps those whole), so composites by
-  name (``"encoder.*.mlp.0"``) and by type (``nn.Linear``) match the same call sites;
+  name (``"encoder.*.mlp.0"``) and by type (``nn.Linear``) match the same call sites; a module
+  of the model's own that computes one dense or convolution op (GPT-2's ``Conv1D``) names it;
 - a HuggingFace activation written out in elementwise ops (GPT-2's ``NewGELUActivation``) is
   the canonical op it computes (``REGIONS``), so that it takes an activation's rule;
 - the inputs keep the names of the model's arguments; arguments that are not tensors (flags
@@ -79,21 +80,23 @@ def export(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> f
         if not node.users:  # export's check of the inputs' shapes (lrpfx.calls checks them)
             graph.erase_node(node)
     _inputs(graph, model)
-    _regions(graph)
     modules = dict(model.named_modules())
+    _regions(graph, modules)
     for node in list(graph.nodes):
         if node.op == "call_function":
             _rewrite(graph, node)
     for node in graph.nodes:
         if node.op == "call_function":
             _where_from(node, modules)
+    _one_layer_modules(graph, modules)
     graph.eliminate_dead_code()
     graph.lint()
     return fx.GraphModule(module, graph, type(model).__name__)
 
 
-def _regions(graph: fx.Graph) -> None:
-    """Each call of a module of ``REGIONS`` (one tensor in, one out) as its canonical op."""
+def _regions(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Each call of a module of ``REGIONS`` (one tensor in, one out) as its canonical op, with
+    the module's path and class."""
     calls: dict[str, list[fx.Node]] = {}
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
@@ -107,11 +110,14 @@ def _regions(graph: fx.Graph) -> None:
         outputs = [n for n in nodes if any(u not in inside for u in n.users)]
         if len(inputs) != 1 or len(outputs) != 1:
             continue  # not one elementwise call: left as the ops it is
-        cls = str(list(nodes[0].meta["nn_module_stack"].values())[-1][1])
-        fn, kwargs = REGIONS[cls]
+        path, cls = list(nodes[0].meta["nn_module_stack"].values())[-1]
+        fn, kwargs = REGIONS[str(cls)]
         with graph.inserting_before(outputs[0]):
             new = graph.call_function(fn, (next(iter(inputs)),), kwargs)
         new.meta = dict(outputs[0].meta)
+        if path in modules:
+            new.meta[meta.PATH] = path
+            new.meta[meta.MODULE_TYPE] = type(modules[path])
         outputs[0].replace_all_uses_with(new)
         for node in reversed(nodes):
             graph.erase_node(node)
@@ -242,6 +248,26 @@ def _where_from(node: fx.Node, modules: dict[str, nn.Module]) -> None:
         node.meta[meta.PATH] = path
         if type(module) not in DECOMPOSITIONS:
             node.meta[meta.MODULE_TYPE] = type(module)
+
+
+_LAYERS = (F.linear, F.conv1d, F.conv2d, F.conv3d)
+
+
+def _one_layer_modules(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """A module of the model's own (HuggingFace's ``Conv1D``) whose call computes exactly one
+    dense or convolution op: that op gets the module's path and class, as a ``torch.nn`` layer
+    would (``"transformer.h.0.mlp.c_fc"`` is recordable and matched by name and type)."""
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and node.target in _LAYERS and stack:
+            calls.setdefault(list(stack)[-1], []).append(node)
+    for nodes in calls.values():
+        path = list(nodes[0].meta["nn_module_stack"].values())[-1][0]
+        module = modules.get(path)
+        if len(nodes) == 1 and module is not None and path and meta.PATH not in nodes[0].meta:
+            nodes[0].meta[meta.PATH] = path
+            nodes[0].meta[meta.MODULE_TYPE] = type(module)
 
 
 def _layer(module: nn.Module) -> bool:
