@@ -1,12 +1,14 @@
 """Code generation: one explain program (forward + relevance backward) as a GraphModule.
 
-The program is ``forward(self, <input>, target=None, output_relevance=None)`` returning
-``(output, relevance)``, or ``(output, relevance, {name: relevance})`` when layers are recorded
-(``lrpfx.record``); ``output`` in the form the model returns it: a tensor, or a dict / tuple /
-list of them, each seeded with its own relevance (``lrpfx.outputs``). The forward sweep copies
-every node; the output relevance is selected; the backward sweep visits the nodes in reverse
-and lets each op's implementation emit the relevance of its inputs; relevances of a value used
-several times are summed.
+The program is ``forward(self, <inputs...>, target=None, output_relevance=None)`` (the model's
+inputs in the order of its arguments) returning ``(output, relevance)``, the relevance of the
+explained input (or of the embedding output, for explained token ids:
+``passes.facts.sources``), or ``(output, relevance, {name: relevance})`` when layers are
+recorded (``lrpfx.record``); ``output`` in the form the model returns it: a tensor, or a dict /
+tuple / list of them, each seeded with its own relevance (``lrpfx.outputs``). The forward sweep
+copies every node; the output relevance is selected; the backward sweep visits the nodes in
+reverse and lets each op's implementation emit the relevance of its inputs; relevances of a
+value used several times are summed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lrpfx import meta, outputs
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder, like
 from lrpfx.ops import table
+from lrpfx.passes.facts import sources
 
 
 def _forward(b: Builder, gm: fx.GraphModule, modules: dict[str, nn.Module]) -> Any:
@@ -65,7 +68,8 @@ def _backward(
     """Propagate ``seed`` from the output to every node; returns the relevance of each."""
     rel = _seeds(b, gm, seed)
     for node in reversed(gm.graph.nodes):
-        if node not in rel or node.op == "placeholder" or not node.meta.get(meta.CONE):
+        if (node not in rel or node.op == "placeholder" or not node.meta.get(meta.CONE)
+                or node.meta.get(meta.EXPLAINED)):  # where relevance is taken: it stops there
             continue
         arriving = rel[node]
         if (top := node.meta.get(meta.FILTER)) is not None:  # a filters.TopK
@@ -78,21 +82,31 @@ def _backward(
     return rel
 
 
+def _relevance(b: Builder, rel: dict[fx.Node, fx.Node], starts: list[fx.Node]) -> fx.Node:
+    """The relevance where it is taken (several embedding lookups of the ids: their sum)."""
+    found = [rel[n] for n in starts if n in rel]
+    if not found:
+        x = starts[0]
+        return b.call(torch.zeros_like, b[x], name=f"rel_{b.name(x)}")
+    total = found[0]
+    for more in found[1:]:
+        total = b.call(operator.add, total, more, name="rel_embedding")
+    return total
+
+
 def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx.GraphModule:
     """The explain program of an annotated, checked canonical graph; ``record`` names the nodes
     whose output relevance it also returns (``lrpfx.record.select``)."""
     modules = dict(gm.named_modules())
     b = Builder(gm)
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise ValueError(f"lrpfx explains models with one tensor input, got {len(inputs)}")
+    if not gm.graph.find_nodes(op="placeholder"):
+        raise ValueError("lrpfx explains models with a tensor input, got none")
     output = _forward(b, gm, modules)
     target = b.graph.placeholder("target", default_value=None)
     given = b.graph.placeholder("output_relevance", default_value=None)
     seed = b.call(rt.output_relevance, output, target, given, name="rel_output")
     rel = _backward(b, gm, modules, seed)
-    x = inputs[0]
-    relevance = rel.get(x) or b.call(torch.zeros_like, b[x], name=f"rel_{b.name(x)}")
+    relevance = _relevance(b, rel, sources(gm))
     if record:
         layers = {
             name: rel.get(node)

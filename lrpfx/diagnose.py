@@ -85,10 +85,11 @@ def _hint(program: fx.GraphModule, node: fx.Node, dtype: torch.dtype) -> str:
 
 
 def finite(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: Any,
-           output_relevance: Any) -> Any:
-    """Return ``explanation``, which ``program`` computed from ``(x, target, output_relevance)``,
-    if its output and relevance are finite; else raise ``NonFiniteError`` saying where the
-    first NaN/Inf came from."""
+           output_relevance: Any, inputs: tuple[Any, ...] | None = None) -> Any:
+    """Return ``explanation``, which ``program`` computed from ``(x, target, output_relevance)``
+    (``(*inputs, target, output_relevance)`` for a model with several inputs), if its output
+    and relevance are finite; else raise ``NonFiniteError`` saying where the first NaN/Inf
+    came from."""
     relevance, tensors = explanation[1], [t for _, t in outputs.leaves(explanation[0])]
     if all(bool(torch.isfinite(t).all()) for t in [relevance, *tensors]):
         return explanation
@@ -96,11 +97,11 @@ def finite(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: A
     for t in tensors:
         rows |= ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
     samples = [int(i) for i in rows.nonzero()[:, 0]]
-    node = _origin(program, (x, target, output_relevance))
+    node = _origin(program, (*(inputs or (x,)), target, output_relevance))
     where = ""
     if node is not None:
         op = getattr(node.target, "__name__", str(node.target))
-        hint = _hint(program, node, x.dtype)
+        hint = _hint(program, node, explanation[0].dtype)
         where = (f"; the first one comes from node {node.name!r} ({op}) of the relevance "
                  f"program (print(explainer.code)): {hint}")
     raise NonFiniteError(
@@ -157,7 +158,7 @@ _UNDERFLOW = ("It shrank on the way until it underflowed: the rules' epsilon/sta
 
 
 def vanished(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target: Any,
-             output_relevance: Any) -> Any:
+             output_relevance: Any, inputs: tuple[Any, ...] | None = None) -> Any:
     """Return ``explanation``; warn first when the relevance of a sample is exactly zero while
     its output relevance is not (see the module docstring)."""
     output, relevance = explanation[0], explanation[1]
@@ -172,7 +173,8 @@ def vanished(program: fx.GraphModule, explanation: Any, x: torch.Tensor, target:
     samples = [int(i) for i in zero.nonzero()[:, 0]]
     if not samples:
         return explanation
-    found = _where_vanished(program, (x, target, output_relevance), samples, x.shape[0])
+    found = _where_vanished(program, (*(inputs or (x,)), target, output_relevance), samples,
+                            x.shape[0])
     where, hint = "", _UNDERFLOW
     if found is not None:
         node, start, last = found

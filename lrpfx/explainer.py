@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import fx, nn
 
-from lrpfx import diagnose, guard, meta, outputs, several
+from lrpfx import calls, diagnose, guard, meta, outputs, several
 from lrpfx.ops.table import OpKind
 from lrpfx.watch import Watch
 
@@ -25,15 +25,22 @@ class _Pair(NamedTuple):
 class Explanation(_Pair):
     """The model output and the input relevance (shaped like the input), a 2-tuple
     (``output, relevance = explainer(x)`` unpacks it), plus ``layers``: the relevances recorded
-    with ``lrpfx.compile(..., record=...)`` by name (empty, read-only, when none are)."""
+    with ``lrpfx.compile(..., record=...)`` by name (empty, read-only, when none are), and
+    ``embedding``: for explained token ids, the relevance of each dimension of the token
+    embeddings, ``(batch, seq, hidden)``, whose sum over the last dimension is ``relevance``
+    (None for other inputs)."""
 
     layers: Mapping[str, torch.Tensor] = MappingProxyType({})
+    embedding: torch.Tensor | None = None
 
     def __new__(cls, output: torch.Tensor, relevance: torch.Tensor,
-                layers: Mapping[str, torch.Tensor] | None = None) -> Explanation:
+                layers: Mapping[str, torch.Tensor] | None = None,
+                embedding: torch.Tensor | None = None) -> Explanation:
         self = super().__new__(cls, output, relevance)
         if layers:
             self.layers = layers
+        if embedding is not None:
+            self.embedding = embedding
         return self
 
     def __repr__(self) -> str:
@@ -65,6 +72,7 @@ class Explainer(nn.Module):
         self._compiled: Callable[..., Any] | None = None  # made at the first call
         self._versions = guard.versions(self, "explainer's")  # to see in-place writes
         self._watch = watch
+        self._signature = calls.Signature(graph_module)
 
     @property
     def code(self) -> str:
@@ -78,13 +86,15 @@ class Explainer(nn.Module):
         return guard.static_shape(self.graph_module)
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, target: int | torch.Tensor | list[Any] | None = None, *,
-        output_relevance: Any = None,
+        self, *args: torch.Tensor | int | None, target: Any = None, output_relevance: Any = None,
+        **inputs: torch.Tensor,
     ) -> Explanation:
-        """Explain ``x``.
+        """Explain ``x``: ``explainer(x, target=3)``; a model with several inputs takes them
+        as it takes them, ``explainer(input_ids=ids, attention_mask=mask, target=...)``.
 
         Args:
-            x: a batch of inputs.
+            args, inputs: a batch of inputs, the model's inputs in order or by name (a
+                positional argument after them is the target).
             target: the class to explain: an int, a 1-D LongTensor with one class per sample,
                 or None for each sample's argmax. The output relevance is then the target logit
                 (``output * one_hot(target)``).
@@ -101,6 +111,10 @@ class Explainer(nn.Module):
         """
         if self._watch is not None:
             self._watch.check()  # or StaleExplainerError
+        values, target = self._signature.bind(args, inputs, target)  # or TypeError
+        if not self._signature.plain:
+            return self._explain_inputs(values, target, output_relevance)
+        x = values[0]
         if several.several(target, output_relevance):  # lists: one relevance per item
             return Explanation(*several.explain(self, x, target, output_relevance))
         target = guard.arguments(self.program, self.graph_module, self._versions, x, target,
@@ -110,6 +124,29 @@ class Explainer(nn.Module):
         explanation = Explanation(*result)
         diagnose.finite(self.program, explanation, x, target, output_relevance)
         return diagnose.vanished(self.program, explanation, x, target, output_relevance)
+
+    def _explain_inputs(self, inputs: list[Any], target: Any,
+                         output_relevance: Any) -> Explanation:
+        """Explain a model with several inputs, or token ids (``lrpfx.calls``)."""
+        guard._check_unchanged(self._versions)
+        reference = next((t for t in (*self.program.buffers(), *self.program.parameters())
+                          if t.is_floating_point()), None)
+        dtype = None if reference is None else reference.dtype
+        self._signature.check(inputs, dtype, None if reference is None else reference.device)
+        target, output_relevance = calls.sequence_target(
+            self.graph_module, self._signature, inputs, target, output_relevance)
+        target = calls.target_and_shape(self.graph_module, self._signature, inputs, target,
+                                        output_relevance, dtype)
+        with torch.no_grad():
+            output, relevance, *layers = self._runner()(*inputs, target, output_relevance)
+        embedding = None
+        if self._signature.tokens:
+            embedding, relevance = relevance, relevance.sum(-1)
+        explanation = Explanation(output, relevance, layers[0] if layers else None, embedding)
+        x = inputs[self._signature.explained]
+        diagnose.finite(self.program, explanation, x, target, output_relevance, tuple(inputs))
+        return diagnose.vanished(self.program, explanation, x, target, output_relevance,
+                                 tuple(inputs))
 
     def _runner(self) -> Callable[..., Any]:
         """The program, or its ``torch.compile`` form. Inductor's freezing folds the program's

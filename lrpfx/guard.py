@@ -48,7 +48,7 @@ _POOLS = {
     F.adaptive_avg_pool3d: 3,
 }
 _SHAPES_CACHED = 64  # output shapes remembered per explainer
-_shapes: weakref.WeakKeyDictionary[fx.GraphModule, dict[tuple[Any, ...], outputs.Shapes]] = (
+_shapes: weakref.WeakKeyDictionary[fx.GraphModule, dict[Any, outputs.Shapes]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -248,30 +248,34 @@ class _Forward(fx.Interpreter):
         return value.to("meta") if self.on_meta and isinstance(value, torch.Tensor) else value
 
 
-def output_shape(gm: fx.GraphModule, x: torch.Tensor) -> outputs.Shapes:
-    """The shape of the model output for ``x`` (see the module docstring); for a dict / tuple /
+def output_shape(gm: fx.GraphModule, x: torch.Tensor, *others: torch.Tensor) -> outputs.Shapes:
+    """The shape of the model output for ``x`` (and the ``others`` inputs of a model with
+    several, all in the order of its arguments; see the module docstring); for a dict / tuple /
     list output, the shape of each tensor in that form (``lrpfx.outputs``).
 
     Raises:
         ValueError: ``x`` does not fit the model; names the node that fails and quotes torch.
     """
-    key = (tuple(x.shape), x.dtype)
+    inputs = (x, *others)
+    key = tuple((tuple(t.shape), t.dtype) for t in inputs)
     cache = _shapes.setdefault(gm, {})
     if key in cache:
         return cache[key]
     try:
         with torch.no_grad():
-            out = _Forward(gm, on_meta=True).run(x.to("meta"))
+            out = _Forward(gm, on_meta=True).run(*(t.to("meta") for t in inputs))
     except Exception:  # shape errors, and ops that need real values: ask the real forward
         runner = _Forward(gm, on_meta=False)
         try:
             with torch.no_grad():
-                out = runner.run(x)
+                out = runner.run(*inputs)
         except Exception as error:
             where = "" if runner.node is None else f" at {diagnostics.layer(runner.node)}"
             message = str(error).split("\n\nWhile executing")[0]
-            raise ValueError(f"x of {_describe(x)} does not fit the model: it fails{where}: "
-                             f"{type(error).__name__}: {message}") from error
+            what = f"x of {_describe(x)}" if not others else (
+                "the inputs of shapes " + ", ".join(str(tuple(t.shape)) for t in inputs))
+            raise ValueError(f"{what} do{'es' if not others else ''} not fit the model: it "
+                             f"fails{where}: {type(error).__name__}: {message}") from error
     shapes = outputs.shapes(out)  # or a ValueError naming a leaf that is not a tensor
     if len(cache) >= _SHAPES_CACHED:
         cache.clear()

@@ -161,19 +161,6 @@ def pad_copies_transpose(r: torch.Tensor, x: torch.Tensor, pad: Any, mode: str) 
     return out.reshape(x.shape)
 
 
-@kernel(fresh=False)
-def cast(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """``x.to(...)``: a change of dtype (or device), the canonical form of ``to`` and
-    ``type_as``."""
-    return x.to(*args, **kwargs)
-
-
-@kernel(fresh=True)
-def cast_back(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The relevance of a cast's output in its input's dtype and on its device."""
-    return r.to(dtype=x.dtype, device=x.device)
-
-
 @kernel(fresh=True)
 def max_dim(x: torch.Tensor, dim: int, keepdim: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``x.max(dim, keepdim)``: the maxima and their indices (the canonical ``max`` over a

@@ -14,6 +14,10 @@ FOLDED = "lrpfx.folded"  # qualified names of BatchNorms folded into this node
 MAXPOOL = "lrpfx.maxpool"  # "avg" or "wta"
 UNSUPPORTED = "lrpfx.unsupported"  # why a node was left as it was (normalize, maxpool)
 STATIC_SHAPE = "lrpfx.static_shape"  # on the input: the only shape it takes (example_inputs)
+DTYPE = "lrpfx.dtype"  # on an input: the dtype of its example value (example_inputs)
+# where relevance is taken: the explained input, or the embedding lookups of explained token ids
+EXPLAINED = "lrpfx.explained"  # "input", "tokens" (the ids' placeholder) or "embedding"
+INPUT, TOKENS, EMBEDDING = "input", "tokens", "embedding"  # the values of EXPLAINED
 STRIPPED = "lrpfx.stripped"  # on the logits node: the output (log-)softmax stripped after it
 # facts, written once by passes.facts
 KIND = "lrpfx.kind"  # the op family (ops.table.OpKind), None for ops not in the table

@@ -23,9 +23,12 @@ from lrpfx.ops.table import Unsupported as Unsupported
 IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
               nn.FeatureAlphaDropout)
 DROPOUT_FUNCTIONS: set[Any] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-                               F.alpha_dropout, F.feature_alpha_dropout}
+                               F.alpha_dropout, F.feature_alpha_dropout,
+                               torch.ops.aten.dropout.default}
 IDENTITY_METHODS = {"contiguous", "clone", "detach"}
-IDENTITY_FUNCTIONS = {torch.clone, torch.detach}
+IDENTITY_FUNCTIONS = {torch.clone, torch.detach, torch.ops.aten.clone.default,
+                      torch.ops.aten.alias.default, torch.ops.aten.detach.default,
+                      torch.ops.aten.contiguous.default, torch.ops.aten.lift_fresh_copy.default}
 try:  # torchvision's stochastic depth is the identity at eval time
     from torchvision.ops import stochastic_depth as _stochastic_depth
     DROPOUT_FUNCTIONS.add(_stochastic_depth)

@@ -223,3 +223,7 @@ class Select:
             return {k: mine if k == self.key else _zeros(v) for k, v in output.items()}
         key = self.key % len(output)
         return type(output)(mine if i == key else _zeros(v) for i, v in enumerate(output))
+
+
+# targets for sequences (a language model's next token): lrpfx.language.targets
+from lrpfx.language.targets import NextToken as NextToken  # noqa: E402

@@ -71,7 +71,7 @@ def check(gm: fx.GraphModule) -> fx.GraphModule:
     modules = dict(gm.named_modules())
     found = [(n, p) for n in gm.graph.nodes
              if n.meta.get(meta.CONE) and n.op not in ("placeholder", "get_attr")
-             and (p := _problem(n, modules)) is not None]
+             and not n.meta.get(meta.EXPLAINED) and (p := _problem(n, modules)) is not None]
     problems = [f"{_where(n)}: {p}" for n, p in found]
     problems += _output_problems(gm)
     if found and len(found) == len(problems) and all(_wrapped_hint(n) for n, _ in found):

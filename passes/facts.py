@@ -7,7 +7,12 @@ After:  every node has in ``node.meta`` (keys in ``lrpfx.meta``):
 - ``SHAPE``: its value is a size, a rank, a dtype, or Python arithmetic on such values;
 - ``CARRIES``: it is a tensor computed from the values of the explained input (through other
   such tensors: a tensor made from ``x.shape`` alone, or ``zeros_like(x)``, is a constant, and
-  a normalizing statistic like ``x.var()`` is held constant), so it receives relevance;
+  a normalizing statistic like ``x.var()`` is held constant), so it receives relevance. This is
+  the value-dependence of the graph: the other inputs of a model with several (an attention
+  mask, position ids) and everything computed from them alone (masks, position embeddings,
+  rotary tables, shapes) carry none; their values are still computed. Relevance starts at the
+  ``sources``: the explained input, or the embedding lookups of explained token ids
+  (``lrpfx.frontend.inputs``);
 - ``CONE``: it carries and reaches the output: relevance flows through it;
 - ``NONNEG``: its value is known to be ``>= 0`` (a ReLU output, a pool of one, ...);
 - ``GATE``: its value lies in ``[0, 1]`` (a sigmoid or softmax, maybe re-indexed);
@@ -48,15 +53,23 @@ def _first(node: fx.Node, key: str) -> bool:
     return isinstance(x, fx.Node) and bool(x.meta.get(key))
 
 
+def sources(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes where relevance is taken: the explained input or its embedding lookups (the
+    first input when none is marked, as in a graph made without ``mark_explained``)."""
+    marked = [n for n in gm.graph.nodes
+              if n.meta.get(meta.EXPLAINED) in (meta.INPUT, meta.EMBEDDING)]
+    return marked or list(gm.graph.find_nodes(op="placeholder"))[:1]
+
+
 def facts(gm: fx.GraphModule) -> fx.GraphModule:
     """Write the facts of every node (see the module docstring)."""
     modules = dict(gm.named_modules())
     nodes = list(gm.graph.nodes)
+    starts = set(sources(gm))
     for node in nodes:
         spec = table.spec(node, modules)
         shape = _shape(node, spec)
-        carries = node.op == "placeholder" or any(a.meta[meta.CARRIES]
-                                                  for a in node.all_input_nodes)
+        carries = node in starts or any(a.meta[meta.CARRIES] for a in node.all_input_nodes)
         function = node.op == "call_function" and spec is not None
         node.meta.update({
             meta.KIND: None if spec is None else spec.kind,
@@ -74,7 +87,7 @@ def facts(gm: fx.GraphModule) -> fx.GraphModule:
             reaches.update(node.all_input_nodes)
         elif node in reaches and node.meta[meta.CARRIES]:
             node.meta[meta.CONE] = True
-            node.meta[meta.TAKES_RULE] = table.takes_rule(node, modules)
+            node.meta[meta.TAKES_RULE] = node not in starts and table.takes_rule(node, modules)
             reaches.update(node.all_input_nodes)
             continue
         node.meta[meta.CONE] = False

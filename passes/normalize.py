@@ -55,6 +55,8 @@ def _describe(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     target = node.target
+    if isinstance(target, torch._ops.OpOverload):  # torch.export's spelling
+        return f"aten.{target._overloadpacket.__name__}"
     module = getattr(target, "__module__", None) or ""
     prefix = {"torch.nn.functional": "F", "torch": "torch", "_operator": "operator"}.get(module)
     name = getattr(target, "__name__", str(target))

@@ -8,14 +8,21 @@ computes relevance):
   ``einsum``, and the two products inside ``scaled_dot_product_attention``): the gradient is
   halved (the uniform rule), ``½ y + ½ y.detach()``;
 - LayerNorm: its standard deviation is held constant; RMSNorm and ``F.normalize``: their
-  normalizer is held constant;
+  normalizer is held constant, and so is any ``rsqrt`` of a computed value (HuggingFace's
+  RMSNorm, ``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``, writes its normalizer so);
 - a BatchNorm that cannot be folded into the convolution before it (there is none, or that
   convolution's output is read elsewhere too): the identity rule (a folded one is part of one
   affine map with its convolution: plain gradient);
 - elementwise activations (GELU, SiLU, sigmoid, tanh, hardswish): the identity rule, gradient
   ``f(x) / x``;
-- everything else (linear maps, sums, softmax, routing): the plain gradient, which with ε → 0
-  is the ε-rule, the softmax's deep-Taylor rule and the routing of relevance.
+- everything else (linear maps, sums, softmax, routing, rotary embeddings, casts): the plain
+  gradient, which with ε → 0 is the ε-rule, the softmax's deep-Taylor rule and the routing of
+  relevance.
+
+``language_model_relevance`` runs a HuggingFace model from its token embeddings
+(``inputs_embeds``) and returns their relevance; HuggingFace's activation modules (GPT-2's
+``NewGELUActivation``, written out in products and ``tanh``) take the identity rule as a whole,
+as LXT patches them.
 
 Nothing of lrpfx is imported: no tracing, no op table, no code generation is shared.
 """
@@ -64,7 +71,12 @@ def _layer_norm(x: Tensor, shape: Any, weight: Tensor | None = None, bias: Tenso
 def _attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
                dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                enable_gqa: bool = False) -> Tensor:
-    assert dropout_p == 0.0 and not is_causal and not enable_gqa
+    assert dropout_p == 0.0 and not (is_causal and attn_mask is not None)
+    if enable_gqa:  # each key/value head serves q.shape[-3] // k.shape[-3] query heads
+        groups = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(groups, -3), v.repeat_interleave(groups, -3)
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
     scores = q @ k.transpose(-2, -1)
     scores = (_halved(scores) if _computed(q) and _computed(k) else scores) * (
         scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
@@ -116,6 +128,8 @@ class ModifiedGradient(TorchFunctionMode):
             return _attention(*args, **kwargs)
         if func is F.multi_head_attention_forward:
             return _multi_head_attention(*args, **kwargs)
+        if func in (torch.rsqrt, Tensor.rsqrt):  # a normalizer: held constant
+            return func(*args, **kwargs).detach()
         y = func(*args, **kwargs)
         for a in [*args, *kwargs.values()] if self.counting and _computed(y) else ():
             if id(a) in self.convolutions:  # a read of the value (not of its shape)
@@ -152,3 +166,21 @@ def input_times_modified_gradient(model: nn.Module, x: Tensor, target: int) -> T
         out = model(x)
     (grad,) = torch.autograd.grad(out[:, target].sum(), x)
     return (x * grad).detach()
+
+
+def language_model_relevance(model: nn.Module, inputs: dict[str, Tensor], seed: Tensor) -> Tensor:
+    """AttnLRP's relevance (ε → 0) of the token embeddings of a HuggingFace model called with
+    ``inputs`` (``input_ids``, ``attention_mask``, ...), for the output relevance
+    ``logits ⊙ seed``: ``(batch, seq, hidden)``."""
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    for module in model.modules():  # HF activations written out (GPT-2's NewGELU): identity
+        if type(module).__module__ == "transformers.activations":
+            module.register_forward_hook(lambda m, args, y: _identity(args[0], y))
+    others = {k: v for k, v in inputs.items() if k != "input_ids"}
+    embeddings = model.get_input_embeddings()(inputs["input_ids"]).detach().requires_grad_(True)
+    with ModifiedGradient() as first:
+        model(inputs_embeds=embeddings, **others)
+    with ModifiedGradient(first.reads):
+        logits = model(inputs_embeds=embeddings, **others).logits
+    (grad,) = torch.autograd.grad(logits, embeddings, seed)
+    return (embeddings * grad).detach()

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the floors at the bottom: they may import each other and nothing else of lrpfx
 LOW_FLOORS = {"lrpfx.meta", "lrpfx.errors", "lrpfx.rules.base", "lrpfx.rules.linear",
               "lrpfx.rules.ops", "lrpfx.rules.patterns", "lrpfx.patterns.store",
-              "lrpfx.patterns.moments", "lrpfx.runtime", "lrpfx.targets", "lrpfx.outputs"}
+              "lrpfx.patterns.moments", "lrpfx.runtime", "lrpfx.targets", "lrpfx.outputs",
+              "lrpfx.language.targets"}
 
 
 def _files() -> dict[str, Path]:

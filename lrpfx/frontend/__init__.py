@@ -20,10 +20,12 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from torch import fx, nn
 
+from lrpfx.errors import ExampleInputsNeededError, TraceError
+from lrpfx.frontend.export import export
 from lrpfx.frontend.fx import LeafSpec, trace
 from lrpfx.passes.expand import expand
 from lrpfx.passes.fold_batchnorm import fold_batchnorm
@@ -31,6 +33,7 @@ from lrpfx.passes.fold_constants import fold_constants
 from lrpfx.passes.normalize import normalize
 
 CANONIZE = (normalize, expand, fold_constants, fold_batchnorm)
+Frontend = Literal["auto", "fx", "export"]
 
 # the training-mode warning of each caller: ``{name}`` the model's class, ``{which}`` the modules
 COMPILE_WARNING = (
@@ -43,7 +46,8 @@ PATTERNS_WARNING = (
     "silence this."
 )
 
-__all__ = ["CANONIZE", "COMPILE_WARNING", "PATTERNS_WARNING", "LeafSpec", "canonical", "eval_mode"]
+__all__ = ["CANONIZE", "COMPILE_WARNING", "PATTERNS_WARNING", "Frontend", "LeafSpec", "canonical",
+           "eval_mode"]
 
 
 def eval_mode(model: nn.Module, training_warning: str = COMPILE_WARNING,
@@ -68,6 +72,9 @@ def canonical(
     example_inputs: tuple[Any, ...] | None = None,
     training_warning: str = COMPILE_WARNING,
     warn_stacklevel: int = 2,
+    example_kwargs: dict[str, Any] | None = None,
+    several: bool = False,
+    frontend: Frontend = "auto",
 ) -> fx.GraphModule:
     """The canonical graph of ``model`` with eval semantics (see the module docstring).
 
@@ -77,13 +84,39 @@ def canonical(
         leaf_modules, concrete_args: as given to ``lrpfx.compile``.
         example_inputs: the arguments of one call of ``model``: shapes become static
             (``lrpfx.frontend.static``).
+        example_kwargs: its keyword arguments by name, likewise.
+        several: the model may keep several tensor inputs (``lrpfx.frontend.inputs``).
+        frontend: ``"fx"`` (symbolic tracing), ``"export"`` (``torch.export``, which needs
+            example inputs) or ``"auto"``: fx where it traces, else export.
         training_warning: the warning's text, a format string with ``{name}`` and ``{which}``.
         warn_stacklevel: where warnings point, counted from ``canonical`` as ``warnings.warn``
             counts (2: the caller of ``canonical``).
     """
     model = eval_mode(model, training_warning, warn_stacklevel + 1)
-    gm = trace(model, concrete_args, leaf_modules, example_inputs=example_inputs,
-               stacklevel=warn_stacklevel + 1)
+    given = example_inputs is not None or bool(example_kwargs)
+    if frontend not in ("auto", "fx", "export"):
+        raise ValueError(f"frontend={frontend!r}; use 'auto', 'fx' or 'export'")
+    if frontend == "export" and not given:
+        raise ExampleInputsNeededError(
+            ["the torch.export front end runs the model on example inputs"],
+            "Fix: pass example_inputs=x, a tuple of the model's arguments or a dict of its "
+            "keyword arguments")
+    if frontend == "export":
+        gm = export(model, example_inputs or (), example_kwargs or {})
+    else:
+        try:
+            gm = trace(model, concrete_args, leaf_modules, example_inputs=example_inputs,
+                       stacklevel=warn_stacklevel + 1, example_kwargs=example_kwargs,
+                       several=several)
+        except TraceError as error:
+            if frontend == "fx" or concrete_args or leaf_modules:
+                raise
+            if not given:
+                raise TraceError(f"{error}\n  - or pass example_inputs (a tensor, a tuple of "
+                                 "the model's arguments or a dict of its keyword arguments): "
+                                 "lrpfx then captures the model with torch.export"
+                                 ) from error.__cause__  # fx's own error, as trace chains it
+            gm = export(model, example_inputs or (), example_kwargs or {})
     for canonize in CANONIZE:
         gm = canonize(gm)
     return gm

@@ -119,13 +119,15 @@ class Tracer(fx.Tracer):
     innermost module being traced."""
 
     def __init__(self, leaf_modules: Sequence[LeafSpec] = (),
-                 example_inputs: tuple[Any, ...] | None = None) -> None:
+                 example_inputs: tuple[Any, ...] | None = None,
+                 example_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaf_types = tuple(s for s in leaf_modules if isinstance(s, type))
         self.leaf_names = {s for s in leaf_modules if isinstance(s, str)}
         self.failed_in: tuple[str, nn.Module] | None = None
         self.example_inputs = example_inputs
+        self.example_kwargs = example_kwargs
         self.values: static.Values | None = None  # with example inputs: each node's value
         self.computing = False  # computing a value: nothing is traced
 
@@ -137,13 +139,14 @@ class Tracer(fx.Tracer):
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         if self.example_inputs is None:
             return super().trace(root, concrete_args)
-        self.values = static.Values(root, self.example_inputs)
+        self.values = static.Values(root, self.example_inputs, self.example_kwargs)
         with static.traced_through_wrapped_functions(), torch.no_grad():
             graph = super().trace(root, concrete_args)
         for node in graph.find_nodes(op="placeholder"):
             value = self.values.of.get(node)
             if isinstance(value, torch.Tensor):
                 node.meta[meta.STATIC_SHAPE] = tuple(value.shape)
+                node.meta[meta.DTYPE] = value.dtype
         self.values = None
         return graph
 
@@ -198,9 +201,13 @@ def trace(
     *,
     example_inputs: tuple[Any, ...] | None = None,
     stacklevel: int = 3,
+    example_kwargs: dict[str, Any] | None = None,
+    several: bool = False,
 ) -> fx.GraphModule:
     """Trace ``model`` symbolically. The model is only read. With ``example_inputs`` (the
-    arguments of one call), shapes are static: see ``lrpfx.frontend.static``.
+    positional arguments of one call) and ``example_kwargs`` (its keyword arguments), shapes
+    are static: see ``lrpfx.frontend.static``. ``several``: the model may keep more than one
+    tensor input (the explained one is chosen later, ``lrpfx.frontend.inputs``).
 
     A warning about forward hooks of leaf modules goes to the frame ``stacklevel`` frames up
     from ``trace`` (as ``warnings.warn`` counts; the default: the caller of trace's caller).
@@ -210,17 +217,20 @@ def trace(
             message carries the fx error, where it happened and the fixes.
         UnsupportedOperationError: an in-place write would be seen through another name.
     """
-    tracer = Tracer(leaf_modules, example_inputs)
+    if example_kwargs and example_inputs is None:
+        example_inputs = ()
+    tracer = Tracer(leaf_modules, example_inputs, example_kwargs)
     if tracer.is_leaf_module(model, ""):  # a bare nn layer: trace it as a one-layer network
         model = nn.Sequential(model)
-    given = 1 if example_inputs is None else max(len(example_inputs), 1)
-    concrete_args = {**_defaults(model, given), **(concrete_args or {})}
+    given = 1 if example_inputs is None else max(len(example_inputs), 0 if example_kwargs else 1)
+    concrete_args = {**_defaults(model, given, set(example_kwargs or ())),
+                     **(concrete_args or {})}
     with untouched(model):  # fx's tensor constants: on the model until the GraphModule is made
         try:
             graph = tracer.trace(model, concrete_args or None)
         except Exception as error:  # fx raises many types: TraceError, TypeError, ...
             raise TraceError(_trace_failure(model, tracer, error)) from error
-        _drop_fixed_inputs(graph, model)
+        _drop_fixed_inputs(graph, model, several)
         modules = dict(model.named_modules())
         refuse_hidden_writes(graph, modules)
         _warn_leaf_hooks(graph, modules, stacklevel + 1)
@@ -261,22 +271,24 @@ def _trace_failure(model: nn.Module, tracer: Tracer, error: Exception) -> str:
 _PLAIN = (type(None), bool, int, float, str)
 
 
-def _defaults(model: nn.Module, given: int) -> dict[str, Any]:
-    """The optional arguments of ``model.forward`` after the ``given`` first, at their plain
-    defaults (None, a flag, a number, a string): the explainer never passes them, so they are
-    fixed as ``concrete_args`` would fix them, instead of traced as inputs."""
+def _defaults(model: nn.Module, given: int, names: set[str] | None = None) -> dict[str, Any]:
+    """The optional arguments of ``model.forward`` after the ``given`` first and not among the
+    keyword arguments ``names``, at their plain defaults (None, a flag, a number, a string):
+    the explainer never passes them, so they are fixed as ``concrete_args`` would fix them,
+    instead of traced as inputs."""
     try:
         parameters = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):  # a forward without a signature: nothing to fix
         return {}
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {p.name: p.default for p in parameters[given:]
-            if p.kind in kinds and isinstance(p.default, _PLAIN)}
+            if p.kind in kinds and isinstance(p.default, _PLAIN) and p.name not in (names or ())}
 
 
-def _drop_fixed_inputs(graph: fx.Graph, model: nn.Module) -> None:
+def _drop_fixed_inputs(graph: fx.Graph, model: nn.Module, several: bool = False) -> None:
     """Remove the placeholders that do not reach the output (arguments fixed by
-    ``concrete_args`` with their guards, unused arguments); refuse several tensor inputs."""
+    ``concrete_args`` with their guards, unused arguments); refuse several tensor inputs
+    unless ``several``."""
     output = next(n for n in graph.nodes if n.op == "output")
     live: set[fx.Node] = set()
     stack = [output]
@@ -293,12 +305,14 @@ def _drop_fixed_inputs(graph: fx.Graph, model: nn.Module) -> None:
     for node in reversed(dead):
         graph.erase_node(node)
     inputs = [n.name for n in graph.nodes if n.op == "placeholder"]
-    if len(inputs) > 1:
+    if len(inputs) > 1 and not several:
         raise TraceError(
             f"lrpfx explains models with one tensor input; {type(model).__name__}.forward "
             f"takes {len(inputs)}: {', '.join(inputs)}. Fix the others with concrete_args="
-            f"{{{', '.join(repr(n) + ': ...' for n in inputs[1:])}}}, or wrap the model in a "
-            "module whose forward takes one tensor"
+            f"{{{', '.join(repr(n) + ': ...' for n in inputs[1:])}}}, or pass them all: "
+            f"example_inputs={{{', '.join(repr(n) + ': ...' for n in inputs)}}} and name the "
+            "one to explain with explain=..., or wrap the model in a module whose forward takes "
+            "one tensor"
         )
 
 

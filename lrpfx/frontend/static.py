@@ -52,9 +52,11 @@ def wrapped(fn: Any) -> bool:
 class Values:
     """The example value of each traced node: the model run alongside its trace."""
 
-    def __init__(self, root: nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    def __init__(self, root: nn.Module, example_inputs: tuple[Any, ...],
+                 example_kwargs: dict[str, Any] | None = None) -> None:
         self.root = root
         self.inputs = list(example_inputs)
+        self.kwargs = dict(example_kwargs or {})  # keyword inputs, by the argument's name
         self.of: dict[fx.Node, Any] = {}
         self.dependent: set[fx.Node] = set()  # nodes computed from the input
 
@@ -75,12 +77,20 @@ class Values:
         """The value of an input node; fx makes some ``get_attr`` nodes without a proxy."""
         return self.of[node] if node in self.of else self.compute(node)
 
+    def _placeholder(self, node: fx.Node) -> Any:
+        """The example value of an argument: given by keyword, else the next positional one,
+        else its default."""
+        name = str(node.target).lstrip("*")
+        if name in self.kwargs:
+            return self.kwargs[name]
+        return self.inputs.pop(0) if self.inputs else node.args[0] if node.args else None
+
     def compute(self, node: fx.Node) -> Any:
         """Compute and keep the value of ``node`` from the values of its inputs."""
         args = fx.map_arg(node.args, self._value)
         kwargs = fx.map_arg(node.kwargs, self._value)
         if node.op == "placeholder":
-            value = self.inputs.pop(0) if self.inputs else node.args[0] if node.args else None
+            value = self._placeholder(node)
         elif node.op == "get_attr":  # a copy: an in-place call must not reach the model
             value = operator.attrgetter(str(node.target))(self.root)
             value = value.detach().clone() if isinstance(value, torch.Tensor) else value
@@ -105,9 +115,18 @@ def makes_constant(node: fx.Node) -> bool:
 
 def example_tuple(example_inputs: Any) -> tuple[Any, ...]:
     """``example_inputs`` as a tuple (one tensor, or a tuple or list of arguments)."""
+    return example_call(example_inputs)[0]
+
+
+def example_call(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``example_inputs`` as the positional and keyword arguments of one call: one tensor, a
+    tuple or list of positional arguments, or a dict of keyword arguments by name."""
     if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
+        return (example_inputs,), {}
     if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    raise TypeError(f"example_inputs must be a tensor or a tuple of the model's arguments, "
-                    f"not {type(example_inputs).__name__}")
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, dict) and all(isinstance(k, str) for k in example_inputs):
+        return (), dict(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor, a tuple of the model's positional "
+                    f"arguments or a dict of its keyword arguments by name, not "
+                    f"{type(example_inputs).__name__}")

@@ -6,6 +6,8 @@ from lrpfx.ops import (
     arithmetic,
     attention,
     bilinear,
+    casts,
+    embedding,
     layernorm,
     layers,
     maxpool,
@@ -20,5 +22,6 @@ from lrpfx.ops import (
 from lrpfx.ops.table import OPS, ROWS, OpKind, OpSpec, defop, register, relevance, spell
 
 __all__ = ["OPS", "ROWS", "OpKind", "OpSpec", "activations", "arithmetic", "attention",
-           "bilinear", "defop", "layernorm", "layers", "maxpool", "norms", "patterns", "register",
-           "relevance", "resample", "routing", "softmax", "spell", "statistics", "where"]
+           "bilinear", "casts", "defop", "embedding", "layernorm", "layers", "maxpool", "norms",
+           "patterns", "register", "relevance", "resample", "routing", "softmax", "spell",
+           "statistics", "where"]

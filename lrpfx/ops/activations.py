@@ -18,6 +18,7 @@ from lrpfx.ops.table import (
     Call,
     Contribution,
     OpKind,
+    aten,
     carries,
     defop,
     pass_through,
@@ -29,29 +30,32 @@ from lrpfx.rules import Gradient, Pass
 
 ACTIVATION = OpKind.ACTIVATION
 PIECEWISE_LINEAR = (torch.relu, F.relu6, F.hardtanh, F.leaky_relu)
-
 defop(torch.relu, F.relu6, F.softplus, kind=ACTIVATION, nonneg=True)
 defop(torch.sigmoid, F.hardsigmoid, kind=ACTIVATION, nonneg=True, gate=True)
 defop(F.hardtanh, torch.tanh, F.silu, F.gelu, F.elu, F.selu, F.celu, F.leaky_relu, F.hardswish,
       F.mish, F.logsigmoid, F.softsign, F.tanhshrink, kind=ACTIVATION)
 
 
-spell(torch.relu, F.relu, "relu", in_place=(torch.relu_, F.relu_, "relu_"),
+spell(torch.relu, F.relu, "relu", aten.relu.default, in_place=(torch.relu_, F.relu_, "relu_"),
       modules={nn.ReLU: None})
 spell(F.relu6, modules={nn.ReLU6: None})
-spell(F.hardtanh, in_place=(F.hardtanh_,), modules={nn.Hardtanh: lambda m: (m.min_val, m.max_val)})
-spell(torch.sigmoid, F.sigmoid, "sigmoid", in_place=(torch.sigmoid_, "sigmoid_"),
+spell(F.hardtanh, aten.hardtanh.default, in_place=(F.hardtanh_,),
+      modules={nn.Hardtanh: lambda m: (m.min_val, m.max_val)})
+spell(torch.sigmoid, F.sigmoid, "sigmoid", aten.sigmoid.default,
+      in_place=(torch.sigmoid_, "sigmoid_"),
       modules={nn.Sigmoid: None})
-spell(torch.tanh, F.tanh, "tanh", in_place=(torch.tanh_, "tanh_"), modules={nn.Tanh: None})
-spell(F.silu, modules={nn.SiLU: None})
-spell(F.gelu, modules={nn.GELU: lambda m: Call(F.gelu, (), {"approximate": m.approximate})})
+spell(torch.tanh, F.tanh, "tanh", aten.tanh.default, in_place=(torch.tanh_, "tanh_"),
+      modules={nn.Tanh: None})
+spell(F.silu, aten.silu.default, modules={nn.SiLU: None})
+spell(F.gelu, aten.gelu.default,
+      modules={nn.GELU: lambda m: Call(F.gelu, (), {"approximate": m.approximate})})
 spell(F.elu, in_place=(F.elu_,), modules={nn.ELU: lambda m: (m.alpha,)})
 spell(F.selu, torch.selu, in_place=(torch.selu_,), modules={nn.SELU: None})
 spell(F.celu, in_place=(F.celu_,), modules={nn.CELU: lambda m: (m.alpha,)})
 spell(F.leaky_relu, in_place=(F.leaky_relu_,),
       modules={nn.LeakyReLU: lambda m: (m.negative_slope,)})
-spell(F.hardswish, "hardswish", modules={nn.Hardswish: None})
-spell(F.hardsigmoid, modules={nn.Hardsigmoid: None})
+spell(F.hardswish, "hardswish", aten.hardswish.default, modules={nn.Hardswish: None})
+spell(F.hardsigmoid, aten.hardsigmoid.default, modules={nn.Hardsigmoid: None})
 spell(F.softplus, modules={nn.Softplus: lambda m: (m.beta, m.threshold)})
 spell(F.mish, modules={nn.Mish: None})
 spell(F.logsigmoid, modules={nn.LogSigmoid: None})
@@ -62,7 +66,7 @@ spell(F.tanhshrink, modules={nn.Tanhshrink: None})
 # a power of a tensor (StarReLU's ``relu(x) ** 2``) is an elementwise activation; ``square`` is
 # the one spelling without an exponent, so the exponent defaults to 2
 defop(operator.pow, kind=ACTIVATION)
-spell(operator.pow, torch.pow, "pow", torch.square, "square",
+spell(operator.pow, torch.pow, "pow", torch.square, "square", aten.pow.Tensor_Scalar,
       bind=lambda exponent=2: Call(operator.pow, (exponent,)))
 
 

@@ -35,6 +35,7 @@ from lrpfx.ops.table import (
     Converted,
     OpKind,
     Unsupported,
+    aten,
     carries,
     defop,
     relevance,
@@ -71,16 +72,17 @@ def _reduce(fn: Callable[..., Any]) -> Callable[..., Converted]:
     return bind
 
 
-spell(operator.add, torch.add, "add", in_place=(operator.iadd, "add_"),
+spell(operator.add, torch.add, "add", aten.add.Tensor, in_place=(operator.iadd, "add_"),
       bind=_arithmetic(operator.add))
-spell(operator.sub, torch.sub, torch.subtract, "sub", "subtract", in_place=(operator.isub, "sub_"),
-      bind=_arithmetic(operator.sub))
-spell(operator.mul, torch.mul, torch.multiply, "mul", "multiply", in_place=(operator.imul, "mul_"),
-      bind=_arithmetic(operator.mul))
+spell(operator.sub, torch.sub, torch.subtract, "sub", "subtract", aten.sub.Tensor,
+      in_place=(operator.isub, "sub_"), bind=_arithmetic(operator.sub))
+spell(operator.mul, torch.mul, torch.multiply, "mul", "multiply", aten.mul.Tensor,
+      in_place=(operator.imul, "mul_"), bind=_arithmetic(operator.mul))
 spell(operator.truediv, torch.div, torch.divide, torch.true_divide, "div", "divide",
-      in_place=(operator.itruediv, "div_"), bind=_arithmetic(operator.truediv))
-spell(torch.mean, "mean", bind=_reduce(torch.mean))
-spell(torch.sum, "sum", bind=_reduce(torch.sum))
+      aten.div.Tensor, in_place=(operator.itruediv, "div_"), bind=_arithmetic(operator.truediv))
+spell(operator.neg, torch.neg, aten.neg.default)
+spell(torch.mean, "mean", aten.mean.dim, bind=_reduce(torch.mean))
+spell(torch.sum, "sum", aten.sum.dim_IntList, bind=_reduce(torch.sum))
 
 
 @relevance(operator.add, operator.sub, rule=(Norm, Epsilon))

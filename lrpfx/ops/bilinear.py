@@ -37,6 +37,7 @@ from lrpfx.ops.table import (
     Call,
     Contribution,
     OpKind,
+    aten,
     carries,
     defop,
     relevance,
@@ -46,7 +47,8 @@ from lrpfx.ops.table import (
 from lrpfx.rules import Epsilon, Norm, Stop
 
 defop(operator.matmul, kind=OpKind.MATMUL)
-spell(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", in_place=(operator.imatmul,))
+spell(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", aten.matmul.default,
+      aten.bmm.default, in_place=(operator.imatmul,))
 defop(torch.einsum, kind=OpKind.MATMUL)
 spell(torch.einsum, bind=lambda *operands: Call(torch.einsum, (
     tuple(operands[0]) if len(operands) == 1 and isinstance(operands[0], (list, tuple))

@@ -29,6 +29,7 @@ from lrpfx.ops.table import (
     OpKind,
     Param,
     Unsupported,
+    aten,
     defop,
     pass_through,
     relevance,
@@ -40,7 +41,7 @@ defop(F.layer_norm, F.rms_norm, F.normalize, kind=OpKind.LAYERNORM)
 
 
 def _bind(normalized_shape: Any, weight: Any = None, bias: Any = None,
-          eps: float = 1e-5) -> Converted:
+          eps: float = 1e-5, cudnn_enable: Any = True) -> Converted:
     return Call(F.layer_norm, (tuple(normalized_shape), weight, bias, eps))
 
 
@@ -52,7 +53,7 @@ def _module(m: nn.LayerNorm) -> Converted:
                                Param("bias", m.bias), m.eps))
 
 
-spell(F.layer_norm, modules={nn.LayerNorm: _module}, bind=_bind)
+spell(F.layer_norm, aten.layer_norm.default, modules={nn.LayerNorm: _module}, bind=_bind)
 spell(F.rms_norm, modules={nn.RMSNorm: lambda m: (
     tuple(m.normalized_shape), Param("weight", m.weight), m.eps)},
     bind=lambda normalized_shape, weight=None, eps=None: Call(

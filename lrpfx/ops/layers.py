@@ -22,6 +22,7 @@ from lrpfx.ops.table import (
     OpKind,
     Param,
     Unsupported,
+    aten,
     defop,
     pass_through,
     relevance,
@@ -70,9 +71,9 @@ def _conv_call(n: int) -> Callable[..., Converted]:
 
 
 defop(F.conv1d, F.conv2d, F.conv3d, kind=OpKind.CONV)
-spell(F.conv1d, bind=_conv_call(1), modules={nn.Conv1d: _conv})
-spell(F.conv2d, bind=_conv_call(2), modules={nn.Conv2d: _conv})
-spell(F.conv3d, bind=_conv_call(3), modules={nn.Conv3d: _conv})
+spell(F.conv1d, aten.conv1d.default, bind=_conv_call(1), modules={nn.Conv1d: _conv})
+spell(F.conv2d, aten.conv2d.default, bind=_conv_call(2), modules={nn.Conv2d: _conv})
+spell(F.conv3d, aten.conv3d.default, bind=_conv_call(3), modules={nn.Conv3d: _conv})
 relevance(F.conv1d, F.conv2d, F.conv3d, rule=LAYER_RULES)(linear_rule(LinearOp(
     forward=lambda b, n, x, w, bias: b.call(n.target, x, w, bias, *_rest(b, n, 3),
                                             name=f"z_{b.name(n)}"),
@@ -121,7 +122,8 @@ relevance(*CONV_TRANSPOSES, rule=LAYER_RULES)(linear_rule(LinearOp(
 
 # -- dense: linear(x, w, b) ------------------------------------------------------------------------
 defop(F.linear, kind=OpKind.DENSE)
-spell(F.linear, modules={nn.Linear: lambda m: (Param("weight", m.weight), Param("bias", m.bias))},
+spell(F.linear, aten.linear.default,
+      modules={nn.Linear: lambda m: (Param("weight", m.weight), Param("bias", m.bias))},
       bind=lambda weight, bias=None: Call(F.linear, (weight, bias)))
 relevance(F.linear, rule=LAYER_RULES)(linear_rule(LinearOp(
     forward=lambda b, n, x, w, bias: b.call(F.linear, x, w, bias, name=f"z_{b.name(n)}"),
@@ -201,10 +203,12 @@ AVG_POOLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 ADAPTIVE_POOLS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 defop(*AVG_POOLS, *ADAPTIVE_POOLS, kind=OpKind.AVGPOOL, keeps_nonneg=True)
 for _n, _module in enumerate((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), start=1):
-    spell(AVG_POOLS[_n - 1], bind=_avg_pool(_n), modules={_module: _avg_pool_module(_n)})
-for _fn, _module in zip(ADAPTIVE_POOLS, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                                         nn.AdaptiveAvgPool3d), strict=True):
-    spell(_fn, modules={_module: lambda m: (m.output_size,)})
+    spell(AVG_POOLS[_n - 1], getattr(aten, f"avg_pool{_n}d").default, bind=_avg_pool(_n),
+          modules={_module: _avg_pool_module(_n)})
+for _n, (_fn, _module) in enumerate(zip(ADAPTIVE_POOLS, (
+        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), strict=True), start=1):
+    spell(_fn, getattr(aten, f"adaptive_avg_pool{_n}d").default,
+          modules={_module: lambda m: (m.output_size,)})
 relevance(*AVG_POOLS, rule=POOL_RULES)(linear_rule(LinearOp(
     forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),
     transpose=lambda b, n, s, w: b.call(rt.avg_pool_transpose, s, b[n.args[0]], *_rest(b, n, 1),

@@ -25,6 +25,7 @@ from lrpfx.ops.table import (
     Converted,
     OpKind,
     Unsupported,
+    aten,
     defop,
     relevance,
     spell,
@@ -91,7 +92,8 @@ def _max_pool_module(n: int) -> Callable[[Any], Converted]:
 
 for _n, _fn, _module in ((1, F.max_pool1d, nn.MaxPool1d), (2, F.max_pool2d, nn.MaxPool2d),
                          (3, F.max_pool3d, nn.MaxPool3d)):
-    spell(_fn, bind=_max_pool(_n), modules={_module: _max_pool_module(_n)})
+    spell(_fn, getattr(aten, f"max_pool{_n}d").default, bind=_max_pool(_n),
+          modules={_module: _max_pool_module(_n)})
 defop(*_MAX_POOL_WITH_INDICES, kind=OpKind.MAXPOOL, keeps_nonneg=True, forward=_max_pool_forward,
       rule_when=lambda node: node.meta.get(meta.MAXPOOL) != "wta")
 relevance(*_MAX_POOL_WITH_INDICES, rule=POOL_RULES)(linear_rule(_MAX_AS_AVG))

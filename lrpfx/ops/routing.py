@@ -9,8 +9,7 @@
 - ``permute``: the inverse permutation; ``transpose``: the same transpose;
   ``unsqueeze``/``squeeze``: a reshape; ``broadcast_to``/``expand_as``: a sum over the broadcast
   dims; ``pad``: a crop (padded constants keep their relevance), or for the copying modes
-  (reflect, replicate, circular) the copies' relevance added up; ``to``/``type_as``: the
-  relevance cast back.
+  (reflect, replicate, circular) the copies' relevance added up.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from lrpfx.ops.table import (
     Converted,
     OpKind,
     Unsupported,
+    aten,
     carries,
     defop,
     relevance,
@@ -52,7 +52,6 @@ defop(torch.unsqueeze, torch.squeeze, kind=RESHAPE, routes=True)
 defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.getitem,
       torch.roll, kind=ROUTING, routes=True)
 defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, kind=ROUTING)
-defop(kernels.cast, kind=ROUTING, routes=True, keeps_nonneg=True)
 defop(torch.chunk, torch.split, torch.tensor_split, torch.unbind, kind=ROUTING, pieces=True)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
 defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new_zeros",
@@ -109,40 +108,40 @@ def _bind_pad(pad: Any, mode: str = "constant", value: float | None = None) -> C
     return Call(F.pad, (tuple(pad), mode, 0.0 if value is None else value))
 
 
-def _bind_cast(*args: Any, **kwargs: Any) -> Converted:
-    if kwargs.get("memory_format") is not None:  # a layout, not a value: nothing to route
-        kwargs = {k: v for k, v in kwargs.items() if k != "memory_format"}
-    return Call(kernels.cast, args, kwargs)
-
-
-spell(torch.reshape, "view", "reshape",
+spell(torch.reshape, "view", "reshape", aten.view.default, aten.reshape.default,
+      aten._unsafe_view.default,
       bind=lambda *shape, **k: Call(torch.reshape, (_dims(shape or (k["shape"],)),)))
-spell(torch.flatten, "flatten", modules={nn.Flatten: lambda m: (m.start_dim, m.end_dim)},
+spell(torch.flatten, "flatten", aten.flatten.using_ints,
+      modules={nn.Flatten: lambda m: (m.start_dim, m.end_dim)},
       bind=lambda start_dim=0, end_dim=-1: Call(torch.flatten, (start_dim, end_dim)))
 spell(torch.unflatten, "unflatten",
       modules={nn.Unflatten: lambda m: (m.dim, tuple(m.unflattened_size))},
       bind=lambda dim, sizes: Call(torch.unflatten, (dim, sizes)))
-spell(torch.cat, torch.concat, torch.concatenate, bind=_with_dim(torch.cat))
-spell(torch.stack, bind=_with_dim(torch.stack))
-spell(torch.unbind, "unbind", bind=_with_dim(torch.unbind))
-spell(torch.chunk, "chunk", bind=lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)))
-spell(torch.split, "split", bind=_split)
+spell(torch.cat, torch.concat, torch.concatenate, aten.cat.default, bind=_with_dim(torch.cat))
+spell(torch.stack, aten.stack.default, bind=_with_dim(torch.stack))
+spell(torch.unbind, "unbind", aten.unbind.int, bind=_with_dim(torch.unbind))
+spell(torch.chunk, "chunk", aten.chunk.default,
+      bind=lambda chunks, dim=0: Call(torch.chunk, (chunks, dim)))
+spell(torch.split, "split", aten.split.Tensor, aten.split_with_sizes.default, bind=_split)
 spell(torch.tensor_split, "tensor_split", bind=_tensor_split)
-spell(torch.permute, "permute",
+spell(torch.permute, "permute", aten.permute.default,
       bind=lambda *dims, **k: Call(torch.permute, (_dims(dims or (k["dims"],)),)))
 spell(torch.transpose, torch.swapaxes, torch.swapdims, "transpose", "swapaxes", "swapdims",
+      aten.transpose.int,
       bind=lambda dim0, dim1: Call(torch.transpose, (dim0, dim1)))
-spell(torch.unsqueeze, "unsqueeze", bind=lambda dim: Call(torch.unsqueeze, (dim,)))
-spell(torch.squeeze, "squeeze",
+spell(torch.unsqueeze, "unsqueeze", aten.unsqueeze.default,
+      bind=lambda dim: Call(torch.unsqueeze, (dim,)))
+spell(torch.squeeze, "squeeze", aten.squeeze.dim, aten.squeeze.dims,
       bind=lambda dim=None: Call(torch.squeeze, () if dim is None else (dim,)))
-spell(torch.broadcast_to, "expand",
+spell(torch.broadcast_to, "expand", aten.expand.default,
       bind=lambda *size, **k: Call(torch.broadcast_to, (_dims(size or (k["size"],)),)))
-spell(torch.narrow, "narrow",
+spell(torch.narrow, "narrow", aten.narrow.default,
       bind=lambda dim, start, length: Call(torch.narrow, (dim, start, length)))
-spell(torch.select, "select", bind=lambda dim, index: Call(torch.select, (dim, index)))
+spell(torch.select, "select", aten.select.int,
+      bind=lambda dim, index: Call(torch.select, (dim, index)))
 spell(F.pad, bind=_bind_pad)
-spell(kernels.cast, "to", "type_as", bind=_bind_cast)
-spell(torch.roll, "roll", bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
+spell(torch.roll, "roll", aten.roll.default,
+      bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
 
 
 @relevance(torch.reshape, torch.flatten, torch.unflatten, torch.unsqueeze, torch.squeeze)
@@ -249,11 +248,3 @@ def _pad(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contributi
         return [(x, b.call(rt.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
     return [(x, b.call(kernels.pad_copies_transpose, rel, b[x], b.map(pad), mode,
                        name=f"r_{b.name(node)}"))]
-
-
-@relevance(kernels.cast)
-def _cast(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
-    """A change of dtype: the relevance goes back in the input's dtype."""
-    x = node.args[0]
-    assert isinstance(x, fx.Node)
-    return [(x, b.call(kernels.cast_back, rel, b[x], name=f"r_{b.name(node)}"))]

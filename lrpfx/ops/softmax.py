@@ -21,6 +21,7 @@ from lrpfx.ops.table import (
     Converted,
     OpKind,
     Unsupported,
+    aten,
     defop,
     pass_through,
     relevance,
@@ -29,14 +30,17 @@ from lrpfx.ops.table import (
 from lrpfx.rules import Pass, SoftmaxTaylor, Stop
 
 
-def _bind(dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Converted:
-    if dim is None or dtype is not None:
-        return Unsupported("softmax needs an explicit dim and no dtype")
-    return Call(F.softmax, (dim,))
+def _bind(dim: Any = None, _stacklevel: Any = 3, dtype: Any = None) -> Converted:
+    if dim is None:
+        return Unsupported("softmax needs an explicit dim")
+    if isinstance(_stacklevel, torch.dtype):  # aten.softmax.int(x, dim, dtype)
+        dtype = _stacklevel
+    return Call(F.softmax, (dim,), {} if dtype is None else {"dtype": dtype})
 
 
 defop(F.softmax, kind=OpKind.SOFTMAX, nonneg=True, gate=True)
-spell(F.softmax, torch.softmax, torch.special.softmax, "softmax",
+spell(F.softmax, torch.softmax, torch.special.softmax, "softmax", aten._softmax.default,
+      aten.softmax.int,
       modules={nn.Softmax: lambda m: _bind(m.dim)}, bind=_bind)
 
 

@@ -106,6 +106,10 @@ Forward = Callable[["Builder", fx.Node], fx.Node]
 OpKey = Callable[..., Any] | str | type[nn.Module]
 RuleKey = type[Rule] | None
 
+#: the aten ops of ``torch.export`` graphs (``lrpfx.frontend.export``): stanzas list their
+#: spellings (``aten.linear.default``) with ``spell`` like any other alias
+aten = torch.ops.aten
+
 OPS: dict[OpKey, OpSpec] = {}
 ROWS: dict[tuple[OpKey, RuleKey], Backward] = {}
 

@@ -20,7 +20,7 @@ from torch import fx
 
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
-from lrpfx.ops.table import Contribution, OpKind, carries, defop, relevance, spell
+from lrpfx.ops.table import Contribution, OpKind, aten, carries, defop, relevance, spell
 
 _COMPARISONS = {operator.gt: (torch.gt, "gt", torch.greater, "greater"),
                 operator.lt: (torch.lt, "lt", torch.less, "less"),
@@ -32,7 +32,7 @@ for _fn, _aliases in _COMPARISONS.items():
     spell(_fn, *_aliases)
 
 defop(torch.where, kind=OpKind.ROUTING)
-spell(torch.where)
+spell(torch.where, aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf)
 
 
 @relevance(torch.where)
