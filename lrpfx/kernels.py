@@ -1,9 +1,12 @@
-"""Runtime kernels of the norms, attention and resampling ops (``lrpfx.ops.norms``,
-``lrpfx.ops.attention``, ``lrpfx.ops.resample``): plain tensor functions the generated program
-calls, declared with ``lrpfx.runtime.kernel`` like the others."""
+"""Runtime kernels beyond the linear family (``lrpfx.runtime``): the transposes of matrix
+products, ``einsum`` and the softmax rule (``lrpfx.ops.bilinear``, ``lrpfx.ops.softmax``), of
+re-indexings (``lrpfx.ops.routing``), and the kernels of the norms, attention and resampling ops
+(``lrpfx.ops.norms``, ``lrpfx.ops.attention``, ``lrpfx.ops.resample``): plain tensor functions
+the generated program calls, declared with ``lrpfx.runtime.kernel`` like the others."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -176,3 +179,141 @@ def max_dim_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, keepdim: bool,
     if i != 0:
         return torch.zeros_like(x)
     return amax_transpose(r, x, x.amax(dim, keepdim), dim, keepdim)
+
+
+# -- matrix products, einsum, softmax ----------------------------------------------------------
+@kernel(fresh=True)
+def matmul_lhs_transpose(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``(·) @ b`` applied to ``s``: ``s @ bᵀ`` (last two dimensions)."""
+    _matrices(s, b)
+    return torch.matmul(s, b.transpose(-1, -2))
+
+
+@kernel(fresh=True)
+def matmul_rhs_transpose(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``a @ (·)`` applied to ``s``: ``aᵀ @ s`` (last two dimensions)."""
+    _matrices(a, s)
+    return torch.matmul(a.transpose(-1, -2), s)
+
+
+def _einsum_terms(equation: str, *operands: torch.Tensor) -> tuple[list[str], str]:
+    """The terms of a two-operand ``einsum`` equation with explicit output and one letter per
+    dimension (``...`` spelled out in unused letters, right-aligned as broadcasting aligns)."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, out = equation.partition("->")
+    terms = inputs.split(",")
+    if not arrow:  # implicit output: the letters used once, in alphabetical order
+        letters = "".join(terms).replace(".", "")
+        out = ("..." if "..." in inputs else "") + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1))
+    free = iter(c for c in "ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgfedcba"
+                if c not in equation)
+    pairs = list(zip(terms, operands, strict=True))
+    spread = [t.dim() - len(term.replace("...", "")) for term, t in pairs]  # dims in each "..."
+    fill = "".join(next(free) for _ in range(max(spread, default=0)))
+    terms = [term.replace("...", fill[len(fill) - n:])
+             for term, n in zip(terms, spread, strict=True)]
+    return terms, out.replace("...", fill)
+
+
+@kernel(fresh=True)
+def einsum_transpose(s: torch.Tensor, equation: str, a: torch.Tensor, b: torch.Tensor,
+                     which: int) -> torch.Tensor:
+    """The transpose of ``einsum(equation, a, b)`` in operand ``which`` (0: ``a``, 1: ``b``)
+    applied to ``s``, shaped like that operand (no index repeated within one operand)."""
+    (ta, tb), out = _einsum_terms(equation, a, b)
+    target, other, operand = (ta, tb, a) if which == 0 else (tb, ta, b)
+    kept = "".join(c for c in target if c in out or c in other)
+    g = torch.einsum(f"{out},{other}->{kept}", s, b if which == 0 else a)
+    for i, c in enumerate(target):  # indices summed within the operand alone: broadcast back
+        if c not in kept:
+            g = g.unsqueeze(i)
+    g = g.sum_to_size([1 if n == 1 else m for m, n in zip(g.shape, operand.shape, strict=True)])
+    return g.expand_as(operand).contiguous()
+
+
+def _matrices(*operands: torch.Tensor) -> None:
+    if any(t.dim() < 2 for t in operands):
+        raise ValueError("lrpfx explains matrix products of matrices (and batches of them); "
+                         "unsqueeze a vector operand of @ / torch.matmul into a matrix first")
+
+
+@kernel(fresh=True)
+def softmax_taylor(r: torch.Tensor, x: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x ⊙ (r − s Σ_dim r)``: the softmax's deep-Taylor rule (``-inf`` inputs get 0)."""
+    return x.masked_fill(torch.isinf(x), 0.0) * (r - s * r.sum(dim, keepdim=True))
+
+
+# -- routing: the transposes of re-indexings -----------------------------------------------------
+@kernel(fresh=False)
+def split_as(r: torch.Tensor, xs: Sequence[torch.Tensor], dim: int) -> tuple[torch.Tensor, ...]:
+    """The transpose of ``torch.cat(xs, dim)``: ``r`` cut into pieces shaped like ``xs``."""
+    return torch.split(r, [x.shape[dim] for x in xs], dim)
+
+
+def _basic(index: Any) -> bool:
+    """True for basic indexing (ints, slices, None, Ellipsis): the result is a view."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+
+
+@kernel(fresh=False)
+def index_transpose(r: torch.Tensor, x: torch.Tensor, index: Any) -> torch.Tensor:
+    """The transpose of ``x[index]``: zeros shaped like ``x`` with ``r`` added at ``index``."""
+    out = torch.zeros(x.shape, dtype=r.dtype, device=r.device)
+    if _basic(index):
+        out[index] = r
+        return out
+    positions = torch.arange(x.numel(), device=x.device).view(x.shape)[index]
+    return out.view(-1).index_add_(0, positions.reshape(-1), r.reshape(-1)).view(x.shape)
+
+
+@kernel(fresh=False)
+def chunk_transpose(r: torch.Tensor, x: torch.Tensor, chunks: int, dim: int, i: int
+                    ) -> torch.Tensor:
+    """Piece ``i`` of ``torch.chunk(x, chunks, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.chunk(out, chunks, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def split_transpose(r: torch.Tensor, x: torch.Tensor, sizes: int | list[int], dim: int, i: int
+                    ) -> torch.Tensor:
+    """Piece ``i`` of ``torch.split(x, sizes, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.split(out, sizes, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def tensor_split_transpose(r: torch.Tensor, x: torch.Tensor, sections: int | list[int],
+                           dim: int, i: int) -> torch.Tensor:
+    """Piece ``i`` of ``torch.tensor_split(x, sections, dim)`` back in place: zeros elsewhere."""
+    out = torch.zeros_like(x)
+    torch.tensor_split(out, sections, dim)[i].copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, length: int
+                     ) -> torch.Tensor:
+    """The transpose of ``torch.narrow(x, dim, start, length)``."""
+    out = torch.zeros_like(x)
+    out.narrow(dim, start, length).copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def select_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+    """The transpose of ``torch.select(x, dim, index)``, and of piece ``index`` of
+    ``torch.unbind(x, dim)``, which is the same slice."""
+    out = torch.zeros_like(x)
+    out.select(dim, index).copy_(r)
+    return out
+
+
+@kernel(fresh=False)
+def pad_transpose(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
+    """The transpose of a constant ``F.pad``: the crop (negative pad) of the same amounts."""
+    return F.pad(r, [-p for p in pad])

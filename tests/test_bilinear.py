@@ -173,7 +173,7 @@ def test_an_einsum_is_the_matrix_product_it_writes(how):
 def test_the_einsum_transpose_is_the_vector_jacobian_product(equation, shapes):
     """``einsum_transpose(s, eq, a, b, i)`` is ``s`` pulled back onto operand ``i``: the
     gradient of ``⟨s, einsum(eq, a, b)⟩`` by autograd."""
-    from lrpfx import runtime
+    from lrpfx import kernels
 
     torch.manual_seed(0)
     a, b = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in shapes)
@@ -181,7 +181,7 @@ def test_the_einsum_transpose_is_the_vector_jacobian_product(equation, shapes):
     s = torch.randn_like(out)
     grads = torch.autograd.grad((out * s).sum(), (a, b))
     for i, grad in enumerate(grads):
-        got = runtime.einsum_transpose(s, equation, a.detach(), b.detach(), i)
+        got = kernels.einsum_transpose(s, equation, a.detach(), b.detach(), i)
         torch.testing.assert_close(got, grad, rtol=1e-12, atol=1e-12)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from lrpfx import meta
+from lrpfx import kernels, meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.ops.linear import stabilizer
@@ -94,10 +94,10 @@ def _transpose(b: Builder, node: fx.Node, s: fx.Node, i: int) -> fx.Node:
     a, other = _operands(node)
     name = f"c_{b.name(node)}"
     if node.target is torch.einsum:
-        return b.call(rt.einsum_transpose, s, node.args[0], b[a], b[other], i, name=name)
+        return b.call(kernels.einsum_transpose, s, node.args[0], b[a], b[other], i, name=name)
     if i == 0:
-        return b.call(rt.matmul_lhs_transpose, s, b[other], name=name)
-    return b.call(rt.matmul_rhs_transpose, b[a], s, name=name)
+        return b.call(kernels.matmul_lhs_transpose, s, b[other], name=name)
+    return b.call(kernels.matmul_rhs_transpose, b[a], s, name=name)
 
 
 @relevance(operator.matmul, torch.einsum, rule=(Epsilon, Norm))

@@ -40,9 +40,9 @@ from lrpfx.ops.table import (
 )
 
 _PIECES: dict[Any, Callable[..., torch.Tensor]] = {
-    torch.chunk: rt.chunk_transpose, torch.split: rt.split_transpose,
-    torch.tensor_split: rt.tensor_split_transpose,
-    torch.unbind: rt.select_transpose,  # piece i of unbind(x, d) is select(x, d, i)
+    torch.chunk: kernels.chunk_transpose, torch.split: kernels.split_transpose,
+    torch.tensor_split: kernels.tensor_split_transpose,
+    torch.unbind: kernels.select_transpose,  # piece i of unbind(x, d) is select(x, d, i)
     kernels.max_dim: kernels.max_dim_transpose,  # (maxima, indices) of x.max(d)
 }
 
@@ -158,7 +158,7 @@ def _cat(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contributi
     xs, dim = node.args
     if not isinstance(xs, (list, tuple)):
         raise unsupported(node, "cat of a tuple-valued node; index its pieces: cat([t[0], t[1]])")
-    pieces = b.call(rt.split_as, rel, b.map(list(xs)), dim, name=f"r_{b.name(node)}")
+    pieces = b.call(kernels.split_as, rel, b.map(list(xs)), dim, name=f"r_{b.name(node)}")
     return [(x, b.call(operator.getitem, pieces, i, name=f"r_{b.name(node)}"))
             for i, x in enumerate(xs) if carries(x)]
 
@@ -193,14 +193,14 @@ def _getitem(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contri
         assert isinstance(base, fx.Node)
         r = b.call(_PIECES[x.target], rel, b[base], *b.map(x.args[1:]), index, name=f"r_{tag}")
         return [(base, r)]
-    return [(x, b.call(rt.index_transpose, rel, b[x], b.map(index), name=f"r_{tag}"))]
+    return [(x, b.call(kernels.index_transpose, rel, b[x], b.map(index), name=f"r_{tag}"))]
 
 
 @relevance(torch.narrow, torch.select)
 def _narrow(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
     x = node.args[0]
     assert isinstance(x, fx.Node)
-    fn = rt.narrow_transpose if node.target is torch.narrow else rt.select_transpose
+    fn = kernels.narrow_transpose if node.target is torch.narrow else kernels.select_transpose
     return [(x, b.call(fn, rel, b[x], *b.map(node.args[1:]), name=f"r_{b.name(node)}"))]
 
 
@@ -245,6 +245,6 @@ def _pad(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contributi
     x, pad, mode = node.args[:3]
     assert isinstance(x, fx.Node)
     if mode == "constant":
-        return [(x, b.call(rt.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
+        return [(x, b.call(kernels.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
     return [(x, b.call(kernels.pad_copies_transpose, rel, b[x], b.map(pad), mode,
                        name=f"r_{b.name(node)}"))]

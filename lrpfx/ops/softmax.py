@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lrpfx import runtime as rt
+from lrpfx import kernels
 from lrpfx.builder import Builder
 from lrpfx.ops.table import (
     Call,
@@ -52,7 +52,7 @@ def _taylor(b: Builder, node: fx.Node, rel: fx.Node, rule: SoftmaxTaylor) -> lis
     """Deep Taylor with bias: ``R_x = x ⊙ (R − s Σ_dim R)``."""
     x, dim = node.args[:2]
     assert isinstance(x, fx.Node)
-    return [(x, b.call(rt.softmax_taylor, rel, b[x], b[node], dim, name=f"r_{b.name(node)}"))]
+    return [(x, b.call(kernels.softmax_taylor, rel, b[x], b[node], dim, name=f"r_{b.name(node)}"))]
 
 
 @relevance(F.softmax, rule=Stop)
