@@ -105,6 +105,13 @@ class Row:
     conservation: float
 
 
+def table_rows(rows: list[Row]) -> list[str]:
+    """One Markdown table line per row."""
+    return [f"| {r.model} | {r.dtype} | {r.nodes} | {r.ops} | {r.compile_s:.2f} | "
+            f"{r.output_error:.1e} | {'yes' if r.finite else 'NO'} | {r.conservation:.1e} |"
+            for r in rows]
+
+
 def conservation_error(model: nn.Module, x: torch.Tensor) -> float:
     """``max |Σ R_in − logit| / |logit|`` over the batch, ε-only composite ignoring biases."""
     epsilon = composites.EpsilonOnly(epsilon=1e-12, stabilizer=1e-12, ignore_bias=True)
@@ -170,10 +177,7 @@ def markdown(rows: list[Row]) -> str:
         "| model | dtype | nodes | ops | compile (s) | output | finite | conservation |",
         "|---|---|---:|---:|---:|---:|:-:|---:|",
     ]
-    for r in rows:
-        lines.append(f"| {r.model} | {r.dtype} | {r.nodes} | {r.ops} | {r.compile_s:.2f} | "
-                     f"{r.output_error:.1e} | {'yes' if r.finite else 'NO'} | "
-                     f"{r.conservation:.1e} |")
+    lines += table_rows(rows)
     worst = max(rows, key=lambda r: r.conservation)
     lines += ["", f"{len(rows)} models; worst conservation error {worst.conservation:.1e} "
               f"({worst.model})."]

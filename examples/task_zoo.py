@@ -130,10 +130,7 @@ def markdown(rows: list[zoo.Row]) -> str:
         "| model | dtype | nodes | ops | compile (s) | output | finite | conservation |",
         "|---|---|---:|---:|---:|---:|:-:|---:|",
     ]
-    for r in rows:
-        lines.append(f"| {r.model} | {r.dtype} | {r.nodes} | {r.ops} | {r.compile_s:.2f} | "
-                     f"{r.output_error:.1e} | {'yes' if r.finite else 'NO'} | "
-                     f"{r.conservation:.1e} |")
+    lines += zoo.table_rows(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -117,13 +117,7 @@ def _check_values(name: str, x: torch.Tensor, dtype: torch.dtype | None,
 
 def _table(gm: fx.GraphModule, lookup: fx.Node) -> torch.Tensor | None:
     """The table of an embedding lookup, when it is a constant of the graph."""
-    weight = lookup.args[1] if lookup.target is F.embedding else None
-    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
-        return None
-    value: Any = gm
-    for part in str(weight.target).split("."):
-        value = getattr(value, part)
-    return value if isinstance(value, torch.Tensor) else None
+    return guard.constant(gm, lookup.args[1]) if lookup.target is F.embedding else None
 
 
 def target_and_shape(graph_module: fx.GraphModule, signature: Signature, inputs: list[Any],

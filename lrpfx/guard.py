@@ -190,20 +190,21 @@ def _first_layers(gm: fx.GraphModule) -> Iterator[_Expectation]:
         seen.add(node)
         layer = diagnostics.layer(node)
         if node.target in _CONVS:
-            weight = _attr(gm, node.args[1])
+            weight = constant(gm, node.args[1])
             groups = node.args[6] if len(node.args) > 6 else 1
             dims = {} if weight is None else {1: weight.shape[1] * int(groups)}  # type: ignore[call-overload]
             yield _Expectation(_CONVS[node.target] + 2, dims, layer)  # type: ignore[index]
         elif node.target in _POOLS:
             yield _Expectation(_POOLS[node.target] + 2, {}, layer)  # type: ignore[index]
         elif node.target is F.linear:
-            weight = _attr(gm, node.args[1])
+            weight = constant(gm, node.args[1])
             yield _Expectation(None, {} if weight is None else {-1: weight.shape[1]}, layer)
         elif node.target is rt.affine or node.meta.get(meta.KIND) == "activation":
             frontier.extend(node.users)
 
 
-def _attr(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+def constant(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    """The tensor a ``get_attr`` node of ``gm`` reads, else None."""
     if not isinstance(node, fx.Node) or node.op != "get_attr":
         return None
     value: Any = gm
