@@ -58,6 +58,23 @@ def test_vit_through_both_front_ends():
     _same(model, composites.AttnLRPGamma(epsilon=1e-12), x, 0)
 
 
+class Einsum(nn.Module):
+    """Two computed operands of an ``einsum`` (MaxViT's and MViT's attention logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bij,bkj->bik", self.q(x), self.k(x)).flatten(1)
+
+
+def test_einsum_through_both_front_ends():
+    torch.manual_seed(0)
+    _same(Einsum().eval(), composites.AttnLRP(epsilon=1e-15),
+          torch.randn(2, 3, 4, dtype=torch.float64), 4)
+
+
 @pytest.mark.parametrize("maxpool", ["avg", "wta"])
 def test_cnn_through_both_front_ends_with_rules_by_type_and_name(maxpool):
     torch.manual_seed(1)

@@ -50,7 +50,7 @@ defop(operator.matmul, kind=OpKind.MATMUL)
 spell(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", aten.matmul.default,
       aten.bmm.default, in_place=(operator.imatmul,))
 defop(torch.einsum, kind=OpKind.MATMUL)
-spell(torch.einsum, bind=lambda *operands: Call(torch.einsum, (
+spell(torch.einsum, aten.einsum.default, bind=lambda *operands, path=None: Call(torch.einsum, (
     tuple(operands[0]) if len(operands) == 1 and isinstance(operands[0], (list, tuple))
     else operands)))
 
