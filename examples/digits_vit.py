@@ -12,7 +12,6 @@ of heatmaps per preset (red: evidence for the predicted class, blue: against).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from rich.console import Console
 
 import lrpfx
 from lrpfx import composites
-from lrpfx.demo import digits_data, explain_rows, picture, train
+from lrpfx.demo import digits_data, explain_rows, picture, trained
 from lrpfx.heatmap import save_png
 
 PRESETS = {
@@ -49,10 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     x, y = digits_data()
     model = digits_vit()
-    start = time.perf_counter()
-    accuracy = train(model, x, y, args.epochs)
-    console.print(f"trained a ViT on the digits in {time.perf_counter() - start:.1f} s: "
-                  f"test accuracy {accuracy:.1%}")
+    accuracy = trained(model, x, y, args.epochs, console, "a ViT ")
     explainers = {name: lrpfx.compile(model, preset) for name, preset in PRESETS.items()}
     samples = torch.cat([torch.nonzero(y == d)[:2, 0] for d in range(10)])
     relevances, ratios = explain_rows(explainers, x[samples], console)

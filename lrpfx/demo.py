@@ -67,6 +67,17 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> fl
         return (model(x[test_idx]).argmax(1) == y[test_idx]).float().mean().item()
 
 
+def trained(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, console: Console,
+            what: str = "") -> float:
+    """``train``, timed, with one line saying so (``what``: the model, "a ViT "); returns the
+    test accuracy."""
+    start = time.perf_counter()
+    accuracy = train(model, x, y, epochs)
+    console.print(f"trained {what}on the digits in {time.perf_counter() - start:.1f} s: "
+                  f"test accuracy {accuracy:.1%}")
+    return accuracy
+
+
 # the rows of the picture: composites to compare (pixels lie in [0, 1] for zB)
 COMPOSITES = {
     "epsilon-plus": composites.EpsilonPlus(),
@@ -110,10 +121,7 @@ def main(argv: list[str] | None = None) -> None:
 
     x, y = digits_data()
     model = digits_cnn()
-    start = time.perf_counter()
-    accuracy = train(model, x, y, args.epochs)
-    console.print(f"trained on the digits in {time.perf_counter() - start:.1f} s: "
-                  f"test accuracy {accuracy:.1%}")
+    trained(model, x, y, args.epochs, console)
 
     explainers = {name: lrpfx.compile(model, c) for name, c in COMPOSITES.items()}
     first = explainers["epsilon-plus"]

@@ -126,7 +126,7 @@ class Explainer(nn.Module):
         return diagnose.vanished(self.program, explanation, x, target, output_relevance)
 
     def _explain_inputs(self, inputs: list[Any], target: Any,
-                         output_relevance: Any) -> Explanation:
+                        output_relevance: Any) -> Explanation:
         """Explain a model with several inputs, or token ids (``lrpfx.calls``)."""
         guard._check_unchanged(self._versions)
         reference = next((t for t in (*self.program.buffers(), *self.program.parameters())

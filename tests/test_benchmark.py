@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import lrpfx
+from tests import examples
 
 pytest.importorskip("zennit")
 pytest.importorskip("captum")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmark.py"
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
+    yield examples.load("benchmark")
     del sys.modules["benchmark"]
 
 

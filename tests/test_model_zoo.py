@@ -9,23 +9,16 @@ inputs; the weights are re-drawn where ε-LRP is well conditioned, see the scrip
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import lrpfx
 from lrpfx import composites
+from tests import examples
 
 torchvision = pytest.importorskip("torchvision")
 
-_spec = importlib.util.spec_from_file_location(
-    "model_zoo", Path(__file__).resolve().parent.parent / "examples" / "model_zoo.py")
-zoo = importlib.util.module_from_spec(_spec)
-sys.modules["model_zoo"] = zoo  # dataclasses look their module up
-_spec.loader.exec_module(zoo)
+zoo = examples.load("model_zoo")
 
 # the families of the issue, and one (small) model of each for CI
 FAMILIES = {

@@ -4,33 +4,18 @@ finite, and conservation of the region's summed logit; the whole sweep per model
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import lrpfx
 from lrpfx import composites
 from lrpfx.targets import Region, Select
+from tests import examples
 
 torchvision = pytest.importorskip("torchvision")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _load(name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up; task_zoo imports zoo
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-zoo = _load("model_zoo")
-tasks = _load("task_zoo")
+zoo = examples.load("model_zoo")
+tasks = examples.load("task_zoo")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,19 +7,13 @@ like the input."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests import examples
 
 timm = pytest.importorskip("timm")
 
-_spec = importlib.util.spec_from_file_location(
-    "timm_zoo", Path(__file__).resolve().parent.parent / "examples" / "timm_zoo.py")
-zoo = importlib.util.module_from_spec(_spec)
-sys.modules["timm_zoo"] = zoo  # dataclasses look their module up
-_spec.loader.exec_module(zoo)
+zoo = examples.load("timm_zoo")
 
 MODELS = ["test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_efficientnet_evos",
           "test_efficientnet_ln", "test_convnext", "test_byobnet", "test_nfnet", "test_vit",

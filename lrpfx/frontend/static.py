@@ -113,11 +113,6 @@ def makes_constant(node: fx.Node) -> bool:
     return facts is not None and facts.constant
 
 
-def example_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    """``example_inputs`` as a tuple (one tensor, or a tuple or list of arguments)."""
-    return example_call(example_inputs)[0]
-
-
 def example_call(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``example_inputs`` as the positional and keyword arguments of one call: one tensor, a
     tuple or list of positional arguments, or a dict of keyword arguments by name."""
