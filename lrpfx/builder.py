@@ -9,6 +9,7 @@ import torch
 from torch import fx
 
 from lrpfx import meta
+from lrpfx import runtime as rt
 from lrpfx.rules import Mod
 
 
@@ -28,6 +29,8 @@ class Builder:
         env: forward node of ``source`` -> its value in the new graph.
         saved: extra forward values kept for the backward (e.g. max-pool indices).
         constants: buffers of the program; weight modifications are computed here, once.
+        relevance_dtype: None, or once the backward is being emitted with a wider relevance
+            dtype (``widen``): the dtype the backward reads forward values and constants in.
     """
 
     def __init__(self, source: fx.GraphModule) -> None:
@@ -36,7 +39,9 @@ class Builder:
         self.env: dict[fx.Node, fx.Node] = {}
         self.saved: dict[fx.Node, Any] = {}
         self.constants: dict[str, torch.Tensor] = {}
-        self._attrs: dict[tuple[str, str], fx.Node] = {}
+        self.relevance_dtype: torch.dtype | None = None
+        self._attrs: dict[tuple[str, str, torch.dtype | None], fx.Node] = {}
+        self._widened: dict[fx.Node, fx.Node] = {}
         self._names: set[str] = {"output"}
 
     def fresh(self, base: str) -> str:
@@ -52,11 +57,27 @@ class Builder:
         self._names.add(name)
         return name
 
+    def widen(self, dtype: torch.dtype) -> None:
+        """From now on (the backward), read floating-point forward values and constants in
+        ``dtype`` where they are narrower (a bfloat16 model's relevance accumulated in float32):
+        each value is cast once, where the backward first reads it (``runtime.widen``), each
+        constant (weight modifications included) computed in ``dtype`` at compile time."""
+        self.relevance_dtype = dtype
+
     # -- forward values ------------------------------------------------------------------------
     def __getitem__(self, node: Any) -> fx.Node:
-        """The new-graph value of a forward node (an fx argument that is a node)."""
+        """The new-graph value of a forward node (an fx argument that is a node); in a widened
+        backward, that value cast to the relevance dtype (sizes and shapes as they are)."""
         assert isinstance(node, fx.Node), f"expected a node, got {node!r}"
-        return self.env[node]
+        value = self.env[node]
+        if self.relevance_dtype is None or node.meta.get(meta.SHAPE):
+            return value
+        if node.op == "get_attr":
+            return self.attr(node)
+        if node not in self._widened:
+            self._widened[node] = self.call(rt.widen, value, self.relevance_dtype,
+                                            name=f"{value.name.lstrip('_')}_wide")
+        return self._widened[node]
 
     def name(self, node: fx.Node) -> str:
         """The name of a forward node's value in the new graph, for naming derived nodes
@@ -65,7 +86,7 @@ class Builder:
 
     def map(self, arg: Any) -> Any:
         """Map a (nested) argument of a forward node to the new graph."""
-        return fx.map_arg(arg, lambda n: self.env[n])
+        return fx.map_arg(arg, lambda n: self[n])
 
     def copy(self, node: fx.Node) -> fx.Node:
         """Copy a forward node into the new graph under its readable name."""
@@ -79,30 +100,42 @@ class Builder:
 
     # -- constants -----------------------------------------------------------------------------
     def tensor(self, node: fx.Node) -> torch.Tensor:
-        """The compile-time value of a ``get_attr`` node of the canonical graph."""
+        """The compile-time value of a ``get_attr`` node of the canonical graph (in a widened
+        backward, in the relevance dtype where it is narrower)."""
+        return self._wide(self._constant(node))
+
+    def attr(self, node: fx.Node, mod: Mod | None = None) -> fx.Node:
+        """A ``get_attr`` of the constant ``node`` modified by ``mod``, computed once (in a
+        widened backward, from the constant in the relevance dtype)."""
+        raw = self._constant(node)
+        value = self._wide(raw)
+        wide = value.dtype if value is not raw else None
+        suffix = mod.name if mod else ""
+        key = (str(node.target), suffix, wide)
+        if key not in self._attrs:
+            value = mod(value) if mod else value
+            parts = (meta.identifier(str(node.target)), suffix,
+                     str(wide).removeprefix("torch.") if wide else "")
+            name = self.fresh(meta.identifier("_".join(p for p in parts if p)))
+            self.constants[name] = value
+            self._attrs[key] = self.graph.create_node("get_attr", name, name=name)
+        return self._attrs[key]
+
+    def _constant(self, node: fx.Node) -> torch.Tensor:
         value: Any = self.source
         for part in str(node.target).split("."):
             value = getattr(value, part)
         return value.detach()
 
-    def attr(self, node: fx.Node, mod: Mod | None = None) -> fx.Node:
-        """A ``get_attr`` of the constant ``node`` modified by ``mod``, computed once."""
-        suffix = mod.name if mod else ""
-        key = (str(node.target), suffix)
-        if key not in self._attrs:
-            value = self.tensor(node)
-            value = mod(value) if mod else value
-            base = meta.identifier(str(node.target))
-            name = self.fresh(meta.identifier(f"{base}_{suffix}") if suffix else base)
-            self.constants[name] = value
-            self._attrs[key] = self.graph.create_node("get_attr", name, name=name)
-        return self._attrs[key]
-
     def constant(self, value: torch.Tensor, name: str) -> fx.Node:
         """A new buffer of the program holding ``value``."""
         name = self.fresh(name)
-        self.constants[name] = value
+        self.constants[name] = self._wide(value)
         return self.graph.create_node("get_attr", name, name=name)
+
+    def _wide(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.relevance_dtype is None else rt.widen(value, self.relevance_dtype)
+
 
     # -- emission ------------------------------------------------------------------------------
     def call(self, fn: Callable[..., Any] | str, *args: Any, name: str, **kwargs: Any) -> fx.Node:

@@ -94,9 +94,12 @@ def _relevance(b: Builder, rel: dict[fx.Node, fx.Node], starts: list[fx.Node]) -
     return total
 
 
-def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx.GraphModule:
+def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None,
+             relevance_dtype: torch.dtype | None = None) -> fx.GraphModule:
     """The explain program of an annotated, checked canonical graph; ``record`` names the nodes
-    whose output relevance it also returns (``lrpfx.record.select``)."""
+    whose output relevance it also returns (``lrpfx.record.select``); ``relevance_dtype``
+    (float32 for a bfloat16 model) is the dtype the backward computes in where the model's is
+    narrower (``Builder.widen``)."""
     modules = dict(gm.named_modules())
     b = Builder(gm)
     if not gm.graph.find_nodes(op="placeholder"):
@@ -105,6 +108,9 @@ def generate(gm: fx.GraphModule, record: dict[str, fx.Node] | None = None) -> fx
     target = b.graph.placeholder("target", default_value=None)
     given = b.graph.placeholder("output_relevance", default_value=None)
     seed = b.call(rt.output_relevance, output, target, given, name="rel_output")
+    if relevance_dtype is not None:
+        b.widen(relevance_dtype)
+        seed = b.call(rt.widen, seed, relevance_dtype, name="rel_output_wide")
     rel = _backward(b, gm, modules, seed)
     relevance = _relevance(b, rel, sources(gm))
     if record:

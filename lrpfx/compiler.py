@@ -37,6 +37,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
     patterns: Patterns | None = None,
     explain: str | None = None,
     frontend: Frontend = "auto",
+    relevance_dtype: torch.dtype | None = None,
 ) -> Explainer:
     """Compile ``model`` into an explainer: one generated forward + relevance program.
 
@@ -71,6 +72,11 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         frontend: how the model is read: ``"fx"`` (symbolic tracing), ``"export"``
             (``torch.export``, for models fx cannot trace, such as HuggingFace transformers;
             it needs ``example_inputs``) or ``"auto"`` (fx where it traces, else export).
+        relevance_dtype: the dtype the relevance is computed and accumulated in where the
+            model's is narrower: ``torch.float32`` explains a bfloat16 or float16 model with
+            its own forward (the output is the model's, bit for bit) and a float32 backward
+            (forward values and weights read in float32; the relevance comes back in float32).
+            None (the default): the model's dtype.
         patterns: fitted signal patterns (``lrpfx.patterns.fit``) for the ``"patternnet"`` and
             ``"patternattribution"`` presets given by name.
 
@@ -80,6 +86,10 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         >>> out.relevance.shape == x.shape
     """
     check_rules(rules)
+    if relevance_dtype is not None and not (
+            isinstance(relevance_dtype, torch.dtype) and relevance_dtype.is_floating_point):
+        raise TypeError(f"relevance_dtype must be a floating-point torch.dtype such as "
+                        f"torch.float32, got {relevance_dtype!r}")
     model = model_to_compile(model)  # or a TypeError/ValueError naming it; wrappers unwrapped
     composite = composites.resolve(rules, **({} if patterns is None else {"patterns": patterns}))
     examples, keywords = (None, None) if example_inputs is None else static.example_call(
@@ -95,7 +105,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
         warn_unmatched_names(gm, rules, stacklevel=3)
         gm = check_softmax(gm, strip_softmax)
         gm = passes.check(passes.annotate(passes.facts(passes.maxpool(gm, maxpool)), composite))
-        program = codegen.generate(gm, select(gm, record))
+        program = codegen.generate(gm, select(gm, record), relevance_dtype)
         for improve in PROGRAM_PASSES:
             program = improve(program)
         return Explainer(program, gm, composite, torch_compile, watch)

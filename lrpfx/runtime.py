@@ -372,6 +372,19 @@ def top_k(relevance: torch.Tensor, percent: float) -> torch.Tensor:
 
 
 @kernel(fresh=False)
+def widen(x: Any, dtype: torch.dtype) -> Any:
+    """``x`` in ``dtype`` when it is a floating-point tensor of a narrower dtype (bfloat16 or
+    float16 in float32: ``compile(..., relevance_dtype=)``), else ``x`` itself (integers,
+    masks, wider tensors, sizes, None)."""
+    if (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype
+            and torch.promote_types(x.dtype, dtype) == dtype):
+        return x.to(dtype)
+    if isinstance(x, tuple | list):  # the seeds of a structured output
+        return type(x)(widen(part, dtype) for part in x)
+    return x
+
+
+@kernel(fresh=False)
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` channels-last when it is a batch of images; anything else as it is."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

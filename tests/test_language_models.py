@@ -184,3 +184,20 @@ def test_hf_modules_are_named_recorded_and_matched_by_name():
     out = explainer(**inputs)  # the default target: the predicted next token
     assert set(out.layers) == {"transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.act"}
     assert out.layers["transformer.h.0.mlp.act"].shape == (2, 7, 128)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_cp_lrp_gives_a_swiglu_all_to_its_up_branch(name):
+    """``down(silu(gate(x)) * up(x))``: the SiLU branch is the gate of a gated linear unit; under
+    CP-LRP the up branch takes all the relevance (as LXT), under AttnLRP each half."""
+    model, inputs = _make(name, "sdpa"), _batch()
+    layers = ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
+              "model.layers.0.mlp.down_proj"]
+    shares = {}
+    for rules in (composites.CPLRP(epsilon=1e-12), composites.AttnLRP(epsilon=1e-12)):
+        explainer = lrpfx.compile(model, rules, example_inputs=inputs, record=layers)
+        out = explainer(**inputs).layers
+        arriving = out["model.layers.0.mlp.down_proj"]  # = the product's (no bias, ε → 0)
+        shares[rules.name] = [float(out[k].sum() / arriving.sum()) for k in layers[:2]]
+    assert shares["cp-lrp"] == pytest.approx([0.0, 1.0], abs=1e-6)
+    assert shares["attn-lrp"] == pytest.approx([0.5, 0.5], abs=1e-6)

@@ -209,11 +209,13 @@ def _gate_model():
     return Case(lambda m, h: torch.sigmoid(m.se(h)) * m.c2(h)).eval()
 
 
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.SiLU, nn.GELU])
 @pytest.mark.parametrize("share", ["signal", "gate", "uniform", "Uniform"])
-def test_gating_conventions(share):
-    """``sigmoid(se(h)) * c2(h)``: the relevance arriving at the product goes all to the signal,
-    all to the gate, or half to each; compared through explicit output relevance on a model
-    whose head is the product itself."""
+def test_gating_conventions(share, act):
+    """``act(gate(h)) * signal(h)``: the relevance arriving at the product goes all to the
+    signal, all to the gate, or half to each; compared through explicit output relevance on a
+    model whose head is the product itself. A sigmoid is a gate by its range; SiLU and GELU
+    outputs are the gates of gated linear units (SwiGLU, GEGLU), the linear branch the signal."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
     gate, signal = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
@@ -221,11 +223,11 @@ def test_gating_conventions(share):
     class Product(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body, self.gate, self.signal = model, gate, signal
+            self.body, self.gate, self.signal, self.act = model, gate, signal, act()
 
         def forward(self, x):
             h = self.body(x)
-            return torch.sigmoid(self.gate(h)) * self.signal(h)
+            return self.act(self.gate(h)) * self.signal(h)
 
     x = torch.randn(2, 3, 4, 4)
     net = Product().eval()
@@ -235,8 +237,8 @@ def test_gating_conventions(share):
     got = lrpfx.compile(net, {**common, Kind("mul"): rule})(x, output_relevance=R).relevance
     as_signal = lrpfx.compile(nn.Sequential(model, signal).eval(), common)(
         x, output_relevance=R).relevance
-    with torch.no_grad():  # the gate branch alone: its pre-sigmoid relevance passes the sigmoid
-        as_gate = lrpfx.compile(nn.Sequential(model, gate, nn.Sigmoid()).eval(), common)(
+    with torch.no_grad():  # the gate branch alone: its pre-activation relevance passes it
+        as_gate = lrpfx.compile(nn.Sequential(model, gate, act()).eval(), common)(
             x, output_relevance=R).relevance
     expected = {"signal": as_signal, "gate": as_gate}.get(share, (as_signal + as_gate) / 2)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)

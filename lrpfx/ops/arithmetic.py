@@ -114,14 +114,23 @@ def _scale_by_constant(b: Builder, node: fx.Node, rel: fx.Node, rule: None
     return [(x, b.call(rt.unbroadcast, rel, b[x], name=f"r_{b.name(node)}"))]
 
 
+def _gates(factors: list[fx.Node]) -> list[bool]:
+    """Which factors of a product are gates: those in ``[0, 1]`` (sigmoid, softmax); when
+    neither is, an activation's output against a factor that is none (a gated linear unit:
+    SwiGLU's ``silu(gate(x)) * up(x)``, GEGLU)."""
+    gates = [bool(f.meta.get(meta.GATE)) for f in factors]
+    if any(gates):
+        return gates
+    return [f.meta.get(meta.KIND) == OpKind.ACTIVATION for f in factors]
+
+
 @relevance(operator.mul, rule=Gating)
 def _gated(b: Builder, node: fx.Node, rel: fx.Node, rule: Gating) -> list[Contribution]:
     """``a * c`` of two tensors: ``Gating`` shares ``R`` (a gate's share, the signal's share)."""
     tensors = [a for a in node.args[:2] if isinstance(a, fx.Node)]
     tag = b.name(node)
     out = []
-    gates = (bool(f.meta.get(meta.GATE)) for f in tensors)
-    for f, share in zip(tensors, rule.shares(*gates), strict=True):
+    for f, share in zip(tensors, rule.shares(*_gates(tensors)), strict=True):
         if share == 0.0:
             continue
         r = rel if share == 1.0 else b.call(operator.mul, rel, share, name=f"r_{tag}")

@@ -203,11 +203,13 @@ AVG_POOLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 ADAPTIVE_POOLS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 defop(*AVG_POOLS, *ADAPTIVE_POOLS, kind=OpKind.AVGPOOL, keeps_nonneg=True)
 for _n, _module in enumerate((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), start=1):
-    spell(AVG_POOLS[_n - 1], getattr(aten, f"avg_pool{_n}d").default, bind=_avg_pool(_n),
+    spell(AVG_POOLS[_n - 1], getattr(aten, f"avg_pool{_n}d").default,
+          *((torch.avg_pool1d,) if _n == 1 else ()), bind=_avg_pool(_n),
           modules={_module: _avg_pool_module(_n)})
 for _n, (_fn, _module) in enumerate(zip(ADAPTIVE_POOLS, (
         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), strict=True), start=1):
     spell(_fn, getattr(aten, f"adaptive_avg_pool{_n}d").default,
+          *((torch.adaptive_avg_pool1d,) if _n == 1 else ()),
           modules={_module: lambda m: (m.output_size,)})
 relevance(*AVG_POOLS, rule=POOL_RULES)(linear_rule(LinearOp(
     forward=lambda b, n, x, w, bias: b.call(n.target, x, *_rest(b, n, 1), name=f"z_{b.name(n)}"),

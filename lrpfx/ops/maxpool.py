@@ -10,6 +10,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.utils import _ntuple
@@ -92,7 +93,8 @@ def _max_pool_module(n: int) -> Callable[[Any], Converted]:
 
 for _n, _fn, _module in ((1, F.max_pool1d, nn.MaxPool1d), (2, F.max_pool2d, nn.MaxPool2d),
                          (3, F.max_pool3d, nn.MaxPool3d)):
-    spell(_fn, getattr(aten, f"max_pool{_n}d").default, bind=_max_pool(_n),
+    spell(_fn, getattr(torch, f"max_pool{_n}d"), getattr(aten, f"max_pool{_n}d").default,
+          bind=_max_pool(_n),
           modules={_module: _max_pool_module(_n)})
 defop(*_MAX_POOL_WITH_INDICES, kind=OpKind.MAXPOOL, keeps_nonneg=True, forward=_max_pool_forward,
       rule_when=lambda node: node.meta.get(meta.MAXPOOL) != "wta")

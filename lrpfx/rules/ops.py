@@ -55,7 +55,9 @@ class Gating(Rule):
 
     ``share="signal"`` (default): a factor produced by a sigmoid, hard sigmoid or softmax is a
     gate (squeeze-excitation, ``x * sigmoid(x)``, LSTM-style gates); the other factor, the
-    signal, gets all the relevance (Arras et al. 2017, "signal-take-all"). When neither or both
+    signal, gets all the relevance (Arras et al. 2017, "signal-take-all"). Where neither is, the
+    output of an activation is the gate of a gated linear unit (SwiGLU's ``silu(gate(x)) *
+    up(x)``, GEGLU): the other, linear branch takes all (CP-LRP, as LXT). When neither or both
     factors are gates, the relevance is split in halves (the uniform rule of Achtibat et al.
     2024). ``share="gate"`` gives everything to the gate instead, ``share="uniform"`` always
     halves. A product with a constant (layer scale) needs no rule: relevance passes.
