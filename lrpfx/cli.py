@@ -9,6 +9,7 @@ digits demo.
     lrpfx demo                                              # the digits main job
     lrpfx evaluate [photos/ --arch vgg16]                   # presets by faithfulness
     lrpfx tune                                              # a rule per layer group
+    lrpfx explain-text gpt2 "The capital of France is"      # token heatmaps, terminal + HTML
 
 Exit status: 0 when everything was explained, 1 when some images could not be, 2 for unusable
 arguments (a missing path, an unknown model, a weight file that does not fit).
@@ -44,6 +45,7 @@ from lrpfx.images import (
     pixel_bounds,
     preprocess,
 )
+from lrpfx.language import command as language_command
 
 STYLES = ("heatmap", "overlay", "pair")
 
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "options (--epochs, --out) go to it")
     evaluation_command.add_parsers(commands)
     dataset_command.add_parsers(commands)
+    language_command.add_parsers(commands)
     return parser
 
 
@@ -337,7 +340,8 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS = {"explain": explain_command, "show": show_command, "demo": demo_command,
             "evaluate": evaluation_command.evaluate_command,
-            "tune": evaluation_command.tune_command, "grid": dataset_command.grid_command}
+            "tune": evaluation_command.tune_command, "grid": dataset_command.grid_command,
+            "explain-text": language_command.explain_text_command}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
