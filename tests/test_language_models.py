@@ -201,3 +201,31 @@ def test_cp_lrp_gives_a_swiglu_all_to_its_up_branch(name):
         shares[rules.name] = [float(out[k].sum() / arriving.sum()) for k in layers[:2]]
     assert shares["cp-lrp"] == pytest.approx([0.0, 1.0], abs=1e-6)
     assert shares["attn-lrp"] == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
+@pytest.mark.usefixtures("float64_norms")
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_decoder_sequence_classifiers_pick_the_last_token(name):
+    """``ForSequenceClassification`` of a decoder reads its logits at each sequence's last
+    non-padding token (``logits[arange(batch), last]``, an indexed gather, routed)."""
+    torch.manual_seed(0)
+    if name == "llama":
+        model = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0))
+    else:
+        model = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, num_labels=3,
+            pad_token_id=0, bos_token_id=0, eos_token_id=0))
+    model = model.eval()
+    inputs = {"input_ids": torch.randint(1, VOCAB, (2, 7)),
+              "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    explainer = lrpfx.compile(model, composites.AttnLRP(epsilon=1e-15), example_inputs=inputs)
+    out = explainer(**inputs, target=1)
+    logits = model(**inputs).logits
+    torch.testing.assert_close(out.output, logits, rtol=1e-12, atol=1e-12)
+    seed = torch.zeros_like(logits)
+    seed[:, 1] = 1.0
+    expected = language_model_relevance(model, inputs, seed)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(out.embedding, expected, rtol=1e-8, atol=1e-8 * scale)

@@ -257,6 +257,35 @@ def test_explain_text_classifies_with_a_bert_model(tmp_path, monkeypatch):
     assert all(h.caption.startswith("target pos (id 1)") for h in shown)
 
 
+def test_explain_text_in_bfloat16_accumulates_the_relevance_in_float32(llama_dir, tmp_path,
+                                                                        monkeypatch):
+    status, printed, shown = _run(["explain-text", str(llama_dir), *TEXTS, "--dtype",
+                                   "bfloat16", "--html", str(tmp_path / "l.html")], monkeypatch)
+    assert status == 0, printed
+    tokenizer, model = command.load(str(llama_dir), dtype="float64")
+    tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    exact = lrpfx.compile(model, "attn-lrp", example_inputs=dict(batch))(**batch).relevance
+    for heatmap, relevance in zip(shown, exact, strict=True):  # bfloat16's forward, not float64's
+        assert torch.isfinite(heatmap.relevance).all()
+        expected = relevance[:len(heatmap.relevance)].float()
+        assert (heatmap.relevance - expected).norm() < 0.1 * expected.norm()
+
+
+def test_explain_text_classifies_with_a_decoder(tmp_path, monkeypatch):
+    tokenizer = bytelevel_tokenizer()
+    model = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=4, n_positions=32, num_labels=2,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    folder = _save(model, tokenizer, tmp_path / "gpt2-classifier")
+    status, printed, shown = _run(["explain-text", str(folder), "the cat sat", "the dog",
+                                   "--task", "classification", "--html",
+                                   str(tmp_path / "c.html")], monkeypatch)
+    assert status == 0, printed
+    assert [("".join(h.tokens)) for h in shown] == ["the cat sat", "the dog"]
+    assert all(float(h.relevance.abs().max()) > 0 for h in shown)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     ([], "no text to explain"),
     (["a cat", "--contrast", "mean", "--task", "classification"], "--contrast mean is for"),

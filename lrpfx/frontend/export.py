@@ -207,6 +207,9 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> None:
         _replace(graph, node, F.linear, args[1], weight, args[0])
     elif target is aten.slice.Tensor:
         _replace(graph, node, operator.getitem, args[0], _slice(*args, **kwargs))  # type: ignore[arg-type]
+    elif target is aten.index.Tensor:  # x[i, j] with index tensors (None: the whole dimension)
+        index = tuple(slice(None) if i is None else i for i in args[1])  # type: ignore[union-attr]
+        _replace(graph, node, operator.getitem, args[0], index)
     elif target in (aten._to_copy.default, aten.to.dtype):
         dtype = kwargs.get("dtype", args[1] if len(args) > 1 else None)
         if set(kwargs) - {"dtype", "layout", "device"} or kwargs.get("device") not in (

@@ -175,8 +175,9 @@ def explain_texts(model: Any, tokenizer: Any, texts: list[str], rules: str = "at
             length = batch["input_ids"].shape[1]
             if length not in explainers:
                 progress.update(bar, description=f"compiling ({length} tokens)")
-                explainers[length] = lrpfx.compile(model, rules, example_inputs=batch,
-                                                   frontend="export")
+                explainers[length] = lrpfx.compile(
+                    model, rules, example_inputs=batch, frontend="export",
+                    relevance_dtype=_relevance_dtype(model))
                 progress.update(bar, description="explaining")
             out = _explain(explainers[length], batch, target, contrast)
             shown = token_heatmaps(tokenizer, batch["input_ids"], batch["attention_mask"],
@@ -186,6 +187,12 @@ def explain_texts(model: Any, tokenizer: Any, texts: list[str], rules: str = "at
             heatmaps.append(shown)
             progress.advance(bar)
     return heatmaps
+
+
+def _relevance_dtype(model: Any) -> torch.dtype | None:
+    """float32 for a bfloat16 or float16 model (its relevance accumulated there), else None."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else None
 
 
 def _explain(explainer: lrpfx.Explainer, batch: dict[str, torch.Tensor], target: int | None,
