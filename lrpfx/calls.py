@@ -130,10 +130,10 @@ def target_and_shape(graph_module: fx.GraphModule, signature: Signature, inputs:
     like = x if x.is_floating_point() else torch.empty(
         x.shape, dtype=dtype or torch.get_default_dtype(), device=x.device)
     if output_relevance is not None:
-        guard._check_output_relevance(output_relevance, like, shape, target)
+        guard.check_output_relevance(output_relevance, like, shape, target)
     elif target is None:
-        guard._classes(shape, "the default target (each sample's argmax)")
-    return guard._check_target(target, like, shape)
+        guard.class_count(shape, "the default target (each sample's argmax)")
+    return guard.check_target(target, like, shape)
 
 
 def sequence_target(graph_module: fx.GraphModule, signature: Signature, inputs: list[Any],

@@ -183,7 +183,7 @@ def _explain_padded(explainer: lrpfx.Explainer, x: torch.Tensor,
     return lrpfx.Explanation(out.output[:len(x)], out.relevance[:len(x)])
 
 
-def _check_target(target: int | None, explainer: lrpfx.Explainer,
+def check_target(target: int | None, explainer: lrpfx.Explainer,
                   args: argparse.Namespace) -> None:
     """An explicit ``--target`` must be one of the model's classes (one forward tells)."""
     if target is None:
@@ -274,7 +274,7 @@ def explain_command(args: argparse.Namespace, console: Console) -> int:
         else _compile(args, loaded.model, args.batch_size)).to(args.device)
     _check_input(explainer, args)
     if args.region is None:
-        _check_target(_target(args.target), explainer, args)
+        check_target(_target(args.target), explainer, args)
     if args.store is not None:
         return dataset_command.run(args, console, explainer, images, loaded.weights)
     names = _output_names(images, args.out)

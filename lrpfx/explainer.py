@@ -128,7 +128,7 @@ class Explainer(nn.Module):
     def _explain_inputs(self, inputs: list[Any], target: Any,
                         output_relevance: Any) -> Explanation:
         """Explain a model with several inputs, or token ids (``lrpfx.calls``)."""
-        guard._check_unchanged(self._versions)
+        guard.check_unchanged(self._versions)
         reference = next((t for t in (*self.program.buffers(), *self.program.parameters())
                           if t.is_floating_point()), None)
         dtype = None if reference is None else reference.dtype

@@ -71,18 +71,18 @@ def arguments(program: fx.GraphModule, graph_module: fx.GraphModule, versions: V
     of ``program``, generated from the canonical ``graph_module``, whose tensors had
     ``versions`` at compile time; returns the target as a LongTensor of one class per sample
     on ``x``'s device (or None for the argmax)."""
-    _check_unchanged(versions)
+    check_unchanged(versions)
     _check_x(program, graph_module, x)
     pieces = outputs.parts(output_relevance, output_shape(graph_module, x))
     for relevance, shape in pieces:  # the output, or each element a structured one is seeded at
         if relevance is not None:
-            _check_output_relevance(relevance, x, shape, target)
+            check_output_relevance(relevance, x, shape, target)
         elif target is None:
-            _classes(shape, "the default target (each sample's argmax)")
-    return _check_target(target, x, pieces[0][1])
+            class_count(shape, "the default target (each sample's argmax)")
+    return check_target(target, x, pieces[0][1])
 
 
-def _check_unchanged(recorded: Versions) -> None:
+def check_unchanged(recorded: Versions) -> None:
     """Refuse to explain when the model, or a tensor of the program, was written in place since
     compile: the tensors derived then (folded BatchNorm, w⁺, ...) would be out of date.
 
@@ -285,7 +285,9 @@ def output_shape(gm: fx.GraphModule, x: torch.Tensor, *others: torch.Tensor) -> 
 
 
 # -- target and output relevance -------------------------------------------------------------------
-def _classes(shape: torch.Size | None, what: str) -> int | None:
+def class_count(shape: torch.Size | None, what: str) -> int | None:
+    """The number of classes of an output of ``shape`` (dimension 1), or a ValueError saying
+    that ``what`` needs one; None for a shape not known here."""
     if shape is None:  # the form a seed function of a structured output gives: not known here
         return None
     if len(shape) < 2:
@@ -294,7 +296,7 @@ def _classes(shape: torch.Size | None, what: str) -> int | None:
     return shape[1]
 
 
-def _check_target(target: Any, x: torch.Tensor, shape: torch.Size | None,
+def check_target(target: Any, x: torch.Tensor, shape: torch.Size | None,
                   name: str = "target") -> torch.Tensor | None:
     """``target`` (or ``Contrast``'s ``other``, named by ``name``) as one class per sample."""
     if target is None:
@@ -303,7 +305,7 @@ def _check_target(target: Any, x: torch.Tensor, shape: torch.Size | None,
     if isinstance(target, bool) or not isinstance(target, numbers.Integral | torch.Tensor):
         raise TypeError(f"{name} must be an int, an integer tensor with one class per sample, "
                         f"or None (the argmax), got {type(target).__name__}")
-    classes = _classes(shape, name)
+    classes = class_count(shape, name)
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
@@ -324,10 +326,10 @@ def _check_target(target: Any, x: torch.Tensor, shape: torch.Size | None,
     return torch.full((n,), int(target), dtype=torch.long, device=x.device)
 
 
-def _check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size | None,
+def check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size | None,
                             target: Any) -> None:
     if isinstance(r, Contrast):
-        _check_target(r.other, x, shape, "Contrast's other class")
+        check_target(r.other, x, shape, "Contrast's other class")
     if callable(check := getattr(r, "check", None)) and shape is not None:
         check(shape, x.shape[0], target)  # a seed of lrpfx.targets: Region, Unit
     if callable(r) and not isinstance(r, torch.Tensor):
