@@ -304,6 +304,29 @@ def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, len
     return out
 
 
+def _slice_index(rank: int, dim: int, start: int | None, end: int | None, step: int
+                 ) -> tuple[slice, ...]:
+    return (*[slice(None)] * (dim % rank), slice(start, end, step))
+
+
+@kernel(fresh=False)
+def slice_of(r: torch.Tensor, dim: int, start: int | None, end: int | None, step: int
+             ) -> torch.Tensor:
+    """``r``'s slice along ``dim`` (a view): the part of ``slice_scatter(x, src, ...)`` that
+    came from ``src``."""
+    return r[_slice_index(r.dim(), dim, start, end, step)]
+
+
+@kernel(fresh=True)
+def slice_zeroed(r: torch.Tensor, dim: int, start: int | None, end: int | None, step: int
+                 ) -> torch.Tensor:
+    """``r`` with its slice along ``dim`` zero: the part of ``slice_scatter(x, src, ...)`` that
+    came from ``x``."""
+    out = r.clone()
+    out[_slice_index(r.dim(), dim, start, end, step)] = 0
+    return out
+
+
 @kernel(fresh=False)
 def select_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
     """The transpose of ``torch.select(x, dim, index)``, and of piece ``index`` of

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import lrpfx
 from lrpfx import composites
 from lrpfx.targets import Region, Select
 from tests import examples
+from tests.gradient_frame import input_times_modified_gradient
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -50,6 +52,31 @@ def test_task_model_compiles_explains_and_conserves(name):
     row = tasks.sweep_one(name)
     tolerance = 1e-4 if row.dtype == "float32" else 1e-6
     assert row.finite and row.output_error < tolerance * 1e-2 and row.conservation < tolerance
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mvit_v1_b", "mvit_v2_s"])
+def test_mvit_equals_the_gradient_frame_reference(name, monkeypatch):
+    """Both MViTs at 4 × 32 × 32 through the export front end: v2's relative positions and
+    pooled residuals are in-place writes into slices (``attn[:, :, 1:, 1:] += rel_pos``), which
+    ``torch.export`` writes as ``slice_scatter`` and ``copy``, routed. With winner-takes-all
+    max-pools (the reference differentiates them) and ε → 0: the independent reference."""
+    from torchvision.models.video import mvit
+
+    builder = mvit._mvit
+    monkeypatch.setattr(mvit, "_mvit", lambda **kwargs: builder(
+        **{**kwargs, "spatial_size": (32, 32), "temporal_size": 4}))
+    torch.manual_seed(0)
+    model = getattr(mvit, name)(num_classes=10).eval()
+    nn.init.normal_(model.head[-1].weight, std=0.1)
+    x = torch.rand(1, 3, 4, 32, 32)
+    explainer = lrpfx.compile(model, composites.AttnLRP(epsilon=1e-15), example_inputs=x,
+                              maxpool="wta", frontend="export")
+    out = explainer(x, target=3)
+    torch.testing.assert_close(out.output, model(x), rtol=1e-10, atol=1e-12)
+    expected = input_times_modified_gradient(model, x, 3)
+    torch.testing.assert_close(out.relevance, expected, rtol=1e-8,
+                               atol=1e-8 * expected.abs().max().item())
 
 
 @pytest.mark.slow

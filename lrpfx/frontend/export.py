@@ -165,6 +165,11 @@ def _dtype(node: Any) -> torch.dtype | None:
     return value.dtype if isinstance(value, torch.Tensor) else None
 
 
+def _shape(node: Any) -> tuple[int, ...] | None:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
 def _replace(graph: fx.Graph, node: fx.Node, fn: Any, *args: Any, **kwargs: Any) -> fx.Node:
     with graph.inserting_before(node):
         new = graph.call_function(fn, args, kwargs)
@@ -207,6 +212,8 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> None:
         _replace(graph, node, F.linear, args[1], weight, args[0])
     elif target is aten.slice.Tensor:
         _replace(graph, node, operator.getitem, args[0], _slice(*args, **kwargs))  # type: ignore[arg-type]
+    elif target is aten.copy.default and _shape(args[1]) == _shape(node):  # x.copy_(src)
+        _cast_or_same(graph, node, args[1], _dtype(node))  # type: ignore[arg-type]
     elif target is aten.index.Tensor:  # x[i, j] with index tensors (None: the whole dimension)
         index = tuple(slice(None) if i is None else i for i in args[1])  # type: ignore[union-attr]
         _replace(graph, node, operator.getitem, args[0], index)

@@ -9,7 +9,9 @@
 - ``permute``: the inverse permutation; ``transpose``: the same transpose;
   ``unsqueeze``/``squeeze``: a reshape; ``broadcast_to``/``expand_as``: a sum over the broadcast
   dims; ``pad``: a crop (padded constants keep their relevance), or for the copying modes
-  (reflect, replicate, circular) the copies' relevance added up.
+  (reflect, replicate, circular) the copies' relevance added up;
+- ``slice_scatter(x, src, d, start, end, step)`` (a write into a slice, as ``torch.export``
+  writes ``x[..., 1:] += y``): the slice's relevance to ``src``, the rest to ``x``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ defop(torch.reshape, torch.flatten, torch.unflatten, kind=RESHAPE, routes=True, 
 defop(torch.unsqueeze, torch.squeeze, kind=RESHAPE, routes=True)
 defop(torch.permute, torch.transpose, torch.broadcast_to, "expand_as", operator.getitem,
       torch.roll, kind=ROUTING, routes=True)
-defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, kind=ROUTING)
+defop(torch.cat, torch.stack, torch.narrow, torch.select, F.pad, torch.slice_scatter,
+      kind=ROUTING)
 defop(torch.chunk, torch.split, torch.tensor_split, torch.unbind, kind=ROUTING, pieces=True)
 defop("size", "dim", "numel", getattr, kind=OpKind.SHAPE, shape_query=True)
 defop(torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, "new_zeros",
@@ -140,6 +143,9 @@ spell(torch.narrow, "narrow", aten.narrow.default,
 spell(torch.select, "select", aten.select.int,
       bind=lambda dim, index: Call(torch.select, (dim, index)))
 spell(F.pad, bind=_bind_pad)
+spell(torch.slice_scatter, aten.slice_scatter.default,
+      bind=lambda src, dim=0, start=None, end=None, step=1: Call(
+          torch.slice_scatter, (src, dim, start, end, step)))
 spell(torch.roll, "roll", aten.roll.default,
       bind=lambda shifts, dims=None: Call(torch.roll, (shifts, dims)))
 
@@ -248,3 +254,16 @@ def _pad(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contributi
         return [(x, b.call(kernels.pad_transpose, rel, b.map(pad), name=f"r_{b.name(node)}"))]
     return [(x, b.call(kernels.pad_copies_transpose, rel, b[x], b.map(pad), mode,
                        name=f"r_{b.name(node)}"))]
+
+
+@relevance(torch.slice_scatter)
+def _slice_scatter(b: Builder, node: fx.Node, rel: fx.Node, rule: None) -> list[Contribution]:
+    """``x`` with a slice replaced by ``src``: each entry's relevance goes where it came from."""
+    x, src, *where = node.args
+    tag = b.name(node)
+    out = []
+    if carries(x):
+        out.append((x, b.call(kernels.slice_zeroed, rel, *where, name=f"r_{tag}")))
+    if carries(src):
+        out.append((src, b.call(kernels.slice_of, rel, *where, name=f"r_{tag}")))
+    return out  # type: ignore[return-value]
