@@ -13,7 +13,16 @@ import torch
 from torch import fx
 
 from lrpfx.builder import Builder
-from lrpfx.ops.table import Call, Contribution, Converted, OpKind, defop, relevance, spell
+from lrpfx.ops.table import (
+    Call,
+    Contribution,
+    Converted,
+    OpKind,
+    aten,
+    defop,
+    relevance,
+    spell,
+)
 from lrpfx.runtime import kernel
 
 
@@ -38,7 +47,7 @@ def _bind(*args: Any, **kwargs: Any) -> Converted:
 
 
 defop(cast, kind=OpKind.RESHAPE, routes=True, keeps_nonneg=True)
-spell(cast, "to", "type_as", bind=_bind)  # type_as(other) is to(other) on one device
+spell(cast, "to", "type_as", aten.type_as.default, bind=_bind)  # type_as(o) is to(o)
 
 
 @relevance(cast)

@@ -142,7 +142,7 @@ spell(torch.narrow, "narrow", aten.narrow.default,
       bind=lambda dim, start, length: Call(torch.narrow, (dim, start, length)))
 spell(torch.select, "select", aten.select.int,
       bind=lambda dim, index: Call(torch.select, (dim, index)))
-spell(F.pad, bind=_bind_pad)
+spell(F.pad, aten.pad.default, bind=_bind_pad)
 spell(torch.slice_scatter, aten.slice_scatter.default,
       bind=lambda src, dim=0, start=None, end=None, step=1: Call(
           torch.slice_scatter, (src, dim, start, end, step)))
