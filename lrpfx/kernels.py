@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lrpfx.runtime import kernel
+from lrpfx.runtime import kernel, shape_of
 
 
 def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -245,10 +245,11 @@ def softmax_taylor(r: torch.Tensor, x: torch.Tensor, s: torch.Tensor, dim: int) 
 
 
 # -- routing: the transposes of re-indexings -----------------------------------------------------
-@kernel(fresh=False)
-def split_as(r: torch.Tensor, xs: Sequence[torch.Tensor], dim: int) -> tuple[torch.Tensor, ...]:
+@kernel(fresh=False, shapes=(1,))
+def split_as(r: torch.Tensor, xs: Sequence[torch.Tensor | torch.Size], dim: int
+             ) -> tuple[torch.Tensor, ...]:
     """The transpose of ``torch.cat(xs, dim)``: ``r`` cut into pieces shaped like ``xs``."""
-    return torch.split(r, [x.shape[dim] for x in xs], dim)
+    return torch.split(r, [shape_of(x)[dim] for x in xs], dim)
 
 
 def _basic(index: Any) -> bool:
@@ -257,15 +258,16 @@ def _basic(index: Any) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
 
 
-@kernel(fresh=False)
-def index_transpose(r: torch.Tensor, x: torch.Tensor, index: Any) -> torch.Tensor:
+@kernel(fresh=False, shapes=(1,))
+def index_transpose(r: torch.Tensor, x: torch.Tensor | torch.Size, index: Any) -> torch.Tensor:
     """The transpose of ``x[index]``: zeros shaped like ``x`` with ``r`` added at ``index``."""
-    out = torch.zeros(x.shape, dtype=r.dtype, device=r.device)
+    shape = shape_of(x)
+    out = r.new_zeros(shape)
     if _basic(index):
         out[index] = r
         return out
-    positions = torch.arange(x.numel(), device=x.device).view(x.shape)[index]
-    return out.view(-1).index_add_(0, positions.reshape(-1), r.reshape(-1)).view(x.shape)
+    positions = torch.arange(shape.numel(), device=r.device).view(shape)[index]
+    return out.view(-1).index_add_(0, positions.reshape(-1), r.reshape(-1)).view(shape)
 
 
 @kernel(fresh=False)

@@ -2,8 +2,9 @@
 
 Plain tensor functions; the program's ``.code`` names them (``lrpfx_runtime_stabilize``), so it
 reads as the math it does. Each declares its own facts with ``@kernel`` for the program passes
-(``lrpfx.program.inplace``): whether its result is a new tensor (``fresh``: it shares no memory
-with its arguments) and which variant writes into its first argument (``inplace``).
+(``lrpfx.program``): whether its result is a new tensor (``fresh``: it shares no memory with its
+arguments), which variant writes into its first argument (``inplace``) and which arguments it
+reads for their shape alone (``shapes``: there it takes a ``torch.Size`` as well).
 """
 
 from __future__ import annotations
@@ -24,21 +25,30 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Kernel:
-    """The facts of a runtime function: ``fresh`` (its result is a new tensor) and ``inplace``
-    (the variant writing its result into its first argument, or None)."""
+    """The facts of a runtime function: ``fresh`` (its result is a new tensor), ``inplace``
+    (the variant writing its result into its first argument, or None) and ``shapes`` (the
+    positions of the arguments it reads for their shape alone, which take a ``torch.Size``
+    too)."""
 
     fresh: bool
     inplace: Callable[..., Any] | None = None
+    shapes: tuple[int, ...] = ()
 
 
-def kernel(*, fresh: bool, inplace: Callable[..., Any] | None = None) -> Callable[[Fn], Fn]:
+def kernel(*, fresh: bool, inplace: Callable[..., Any] | None = None,
+           shapes: tuple[int, ...] = ()) -> Callable[[Fn], Fn]:
     """Declare a runtime function's facts (see ``Kernel``)."""
 
     def declare(fn: Fn) -> Fn:
-        fn.__lrpfx_kernel__ = Kernel(fresh, inplace)  # type: ignore[attr-defined]
+        fn.__lrpfx_kernel__ = Kernel(fresh, inplace, shapes)  # type: ignore[attr-defined]
         return fn
 
     return declare
+
+
+def shape_of(x: torch.Tensor | torch.Size) -> torch.Size:
+    """The shape of a tensor, or the shape itself (an argument declared in ``shapes``)."""
+    return x if isinstance(x, torch.Size) else x.shape
 
 
 def kernel_of(target: Any) -> Kernel | None:
@@ -247,10 +257,11 @@ def repeat_channels(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- reductions and broadcasting -----------------------------------------------------------------
-@kernel(fresh=False)
-def unbroadcast(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+@kernel(fresh=False, shapes=(1,))
+def unbroadcast(r: torch.Tensor, like: torch.Tensor | torch.Size) -> torch.Tensor:
     """The transpose of broadcasting ``like`` to ``r``'s shape: sum over the broadcast dims."""
-    return r if r.shape == like.shape else r.sum_to_size(like.shape)
+    shape = shape_of(like)
+    return r if r.shape == shape else r.sum_to_size(shape)
 
 
 def _dims(x: torch.Tensor, dim: int | Sequence[int] | None) -> list[int]:

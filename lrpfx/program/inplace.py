@@ -37,7 +37,8 @@ FRESH: set[Any] = {
     torch.zeros_like, torch.matmul, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.div, torch.sub,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, operator.add, operator.sub, operator.mul,
-    operator.truediv, operator.neg,
+    operator.truediv, operator.neg, operator.matmul, F.pad, torch.roll, torch.cat, F.softmax,
+    F.layer_norm, F.gelu,
 }
 # tensor ∘ tensor without a stated shape: helpers that check the shapes when the program runs
 # (into the first operand, into the second)
