@@ -1,9 +1,9 @@
 """The timm sweep (``examples/timm_zoo.py``, its table ``docs/timm-zoo.md``) on a dozen
 representative families: timm's own tiny test models where it has them (ResNet, EfficientNet
 with BatchNormAct, GroupNorm, EvoNorm and LayerNorm, ConvNeXt, ByobNet, NFNet, ViT, ViT with
-relative positions, CoAtNet, MaxViT) and MViTv2, which only the export front end reads. Each must compile,
-reproduce the model's output (relative error < 1e-4, float32) and give finite relevance shaped
-like the input."""
+relative positions, CoAtNet, MaxViT) and MViTv2, which only the export front end reads. Each
+must compile, reproduce the model's output (relative error < 1e-4, float32) and give finite
+relevance shaped like the input."""
 
 from __future__ import annotations
 
