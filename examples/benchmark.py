@@ -99,6 +99,10 @@ class Case:
     device: str
     composite: str
 
+    @property
+    def name(self) -> str:
+        return f"{self.model} b{self.batch}"
+
     def make(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         model = build_model(self.model).to(self.device)
         torch.manual_seed(1)
@@ -106,6 +110,13 @@ class Case:
         with torch.no_grad():
             target = model(x).argmax(1)
         return model, x, target
+
+    def result(self, method: str) -> Result:
+        return Result(self.model, self.batch, method)
+
+    def setup(self, method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+              stack: contextlib.ExitStack) -> Run:
+        return make_run(method, self, model, x, target, stack)
 
 
 def _zennit_canonizers(name: str) -> list[Any]:
@@ -251,15 +262,14 @@ def _timed(run: Run, device: str) -> tuple[float, torch.Tensor | None]:
     return time.perf_counter() - start, out
 
 
-def _setup(methods: list[str], case: Case, model: nn.Module, x: torch.Tensor,
-           target: torch.Tensor, stack: contextlib.ExitStack,
-           results: dict[str, Result]) -> dict[str, Run]:
+def _setup(methods: list[str], case: Any, model: nn.Module, x: Any, target: torch.Tensor,
+           stack: contextlib.ExitStack, results: dict[str, Result]) -> dict[str, Run]:
     """Set every method up and call it once (this compiles); failures are recorded."""
     runs: dict[str, Run] = {}
     for method in methods:
         try:
             start = time.perf_counter()
-            run = make_run(method, case, model, x, target, stack)
+            run = case.setup(method, model, x, target, stack)
             _timed(run, case.device)
             results[method].setup_s = time.perf_counter() - start
             runs[method] = run
@@ -268,11 +278,12 @@ def _setup(methods: list[str], case: Case, model: nn.Module, x: torch.Tensor,
     return runs
 
 
-def time_case(case: Case, methods: list[str], warmup: int, repeats: int,
+def time_case(case: Any, methods: list[str], warmup: int, repeats: int,
               advance: Callable[[], None]) -> dict[str, Result]:
-    """Interleaved rounds over the methods; the first ``warmup`` rounds are not kept."""
+    """Interleaved rounds over the methods; the first ``warmup`` rounds are not kept. ``case``
+    is a ``Case`` or any object with its ``device``, ``make``, ``result`` and ``setup``."""
     model, x, target = case.make()
-    results = {m: Result(case.model, case.batch, m) for m in methods}
+    results = {m: case.result(m) for m in methods}
     outputs: dict[str, torch.Tensor | None] = {}
     with contextlib.ExitStack() as stack:
         runs = _setup(methods, case, model, x, target, stack, results)
@@ -318,10 +329,17 @@ def _memory_peak(device: str) -> float:
     return _status_kib("VmHWM") / 1024
 
 
-def child(spec: dict[str, Any]) -> None:
-    """Measure one method's peak memory over the model and input; prints JSON."""
+def child(spec: dict[str, Any], kind: Callable[..., Any] = Case) -> None:
+    """Measure one method's peak memory over the model and input; prints JSON. ``kind`` makes
+    the case from its fields; ``spec["limit_mib"]`` bounds the process's data (CPU)."""
     torch.set_num_threads(spec["threads"])
-    case, method = Case(**spec["case"]), spec["method"]
+    if spec.get("limit_mib") and not spec["case"]["device"].startswith("cuda"):
+        import resource  # an allocation past it fails (an error), not the machine
+
+        limit = int(spec["limit_mib"] * MiB)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(
+            resource.RLIMIT_DATA)[1]))
+    case, method = kind(**spec["case"]), spec["method"]
     if method == "zennit":  # imports count as the base, not as the method's memory
         import zennit.attribution  # noqa: F401
     if method == "captum":
@@ -329,7 +347,7 @@ def child(spec: dict[str, Any]) -> None:
     model, x, target = case.make()
     base = _memory_now(case.device)
     with contextlib.ExitStack() as stack:
-        run = make_run(method, case, model, x, target, stack)
+        run = case.setup(method, model, x, target, stack)
         run()  # warm-up (and compilation)
         _reset_peak(case.device)
         run()
@@ -337,11 +355,13 @@ def child(spec: dict[str, Any]) -> None:
     print(json.dumps({"base_mib": base, "peak_mib": peak}))
 
 
-def measure_memory(case: Case, method: str, threads: int) -> float:
-    """Peak memory (MiB) of one explanation over the model and input, in a fresh process."""
-    spec = {"case": asdict(case), "method": method, "threads": threads}
+def measure_memory(case: Any, method: str, threads: int, script: str = __file__,
+                   limit_mib: float | None = None) -> float:
+    """Peak memory (MiB) of one explanation over the model and input, in a fresh process
+    (``script --child SPEC``, a dataclass case; its data bounded by ``limit_mib``)."""
+    spec = {"case": asdict(case), "method": method, "threads": threads, "limit_mib": limit_mib}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed tensors leave the RSS
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
@@ -410,23 +430,29 @@ HEADER = ["model", "batch", "method", "median ms", "× forward", "× lrpfx", "pe
           "setup s"]
 
 
-def table(results: list[Result], title: str) -> Table:
+Rows = Callable[[list[Result]], Iterator[list[str]]]
+
+
+def table(results: list[Result], title: str, header: list[str] = HEADER, make_rows: Rows = rows,
+          case_columns: int = 2) -> Table:
+    """The rows (``make_rows``) under ``header`` and a note, a section per case (the rows'
+    first ``case_columns`` cells)."""
     t = Table(title=title, title_justify="left")
-    for name in HEADER:
+    for name in header:
         t.add_column(name, justify="left" if name in ("model", "method") else "right")
     t.add_column("note")
     previous = None
-    for row in rows(results):
-        if previous is not None and row[:2] != previous:
+    for row in make_rows(results):
+        if previous is not None and row[:case_columns] != previous:
             t.add_section()
-        previous = row[:2]
+        previous = row[:case_columns]
         t.add_row(*row)
     return t
 
 
-def markdown(results: list[Result]) -> str:
-    lines = ["| " + " | ".join([*HEADER, "note"]) + " |", "|" + "---|" * (len(HEADER) + 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+def markdown(results: list[Result], header: list[str] = HEADER, make_rows: Rows = rows) -> str:
+    lines = ["| " + " | ".join([*header, "note"]) + " |", "|" + "---|" * (len(header) + 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in make_rows(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -451,6 +477,60 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def console_for_report() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=150)
+
+
+def run_plan(plan: list[tuple[Any, list[str]]], args: argparse.Namespace, console: Console,
+             script: str = __file__, limit_mib: float | None = None) -> list[Result]:
+    """Time each case's methods (``time_case``), then, unless ``args.no_memory``, measure each
+    one's peak memory in a child process (``script --child``, bounded by ``limit_mib``)."""
+    steps = sum(len(ms) * (args.warmup + args.repeats + (not args.no_memory)) for _, ms in plan)
+    results: list[Result] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("benchmark", total=steps)
+        for case, methods in plan:
+            progress.update(task, description=f"{case.name}: timing")
+            measured = time_case(case, methods, args.warmup, args.repeats,
+                                 lambda: progress.advance(task))
+            for method in methods:
+                if not args.no_memory and measured[method].error is None:
+                    progress.update(task, description=f"{case.name}: memory of {method}")
+                    try:
+                        measured[method].peak_mib = measure_memory(case, method, args.threads,
+                                                                   script, limit_mib)
+                    except RuntimeError as exc:
+                        measured[method].error = f"memory: {exc}"
+                progress.advance(task, args.warmup + args.repeats if measured[method].error
+                                 else 0)
+                progress.advance(task, 0 if args.no_memory else 1)
+            results += measured.values()
+    return results
+
+
+def report(results: list[Result], args: argparse.Namespace, info: dict[str, Any], title: str,
+           console: Console, header: list[str] = HEADER, make_rows: Rows = rows,
+           case_columns: int = 2, notes: tuple[str, ...] = (),
+           extra: dict[str, Any] | None = None) -> None:
+    """The table (and ``notes`` under it) on the console, ``args.json`` (the machine, the
+    arguments, every result, ``extra``) and, with ``args.markdown``, the table as Markdown."""
+    console.print(table(results, title, header, make_rows, case_columns))
+    for note in notes:
+        console.print(note)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": info, "config": {k: str(v) for k, v in vars(args).items()},
+               **(extra or {}), "results": [{**asdict(r), "median_s": r.median} for r in results]}
+    args.json.write_text(json.dumps(payload, indent=1))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(f"\n{note}\n" for note in notes)
+        args.markdown.write_text(f"{title}\n\n{markdown(results, header, make_rows)}{text}")
+    console.print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse(argv)
     if args.child:
@@ -460,47 +540,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
+    console = console_for_report()
     info = machine(args.threads, device)
     cases = [Case(m, b, args.size, device, args.composite) for m in args.model for b in args.batch]
     plan = [(c, [m for m in args.methods if applicable(m, c.model)]) for c in cases]
-    steps = sum(len(ms) * (args.warmup + args.repeats + (not args.no_memory)) for _, ms in plan)
-    results: list[Result] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-               "{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("benchmark", total=steps)
-        for case, methods in plan:
-            progress.update(task, description=f"{case.model} b{case.batch}: timing")
-            measured = time_case(case, methods, args.warmup, args.repeats,
-                                 lambda: progress.advance(task))
-            for method in methods:
-                if not args.no_memory and measured[method].error is None:
-                    progress.update(task, description=f"{case.model} b{case.batch}: "
-                                                      f"memory of {method}")
-                    try:
-                        measured[method].peak_mib = measure_memory(case, method, args.threads)
-                    except RuntimeError as exc:
-                        measured[method].error = f"memory: {exc}"
-                progress.advance(task, args.warmup + args.repeats if measured[method].error
-                                 else 0)
-                progress.advance(task, 0 if args.no_memory else 1)
-            results += measured.values()
+    results = run_plan(plan, args, console)
     info["loadavg_end"] = os.getloadavg()
     title = (f"{info['cpu']} · {device} · {args.threads} threads · float32 · "
              f"{args.size}×{args.size} · {args.composite} · median of {args.repeats} · "
              f"load {info['loadavg_start'][0]:.2f}→{info['loadavg_end'][0]:.2f}")
-    console.print(table(results, title))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "config": {k: str(v) for k, v in vars(args).items()},
-               "results": [{**asdict(r), "median_s": r.median} for r in results]}
-    args.json.write_text(json.dumps(payload, indent=1))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"{title}\n\n{markdown(results)}")
-    console.print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
+    report(results, args, info, title, console)
     return results
 
 

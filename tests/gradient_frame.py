@@ -76,7 +76,8 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
         groups = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(groups, -3), v.repeat_interleave(groups, -3)
     if is_causal:
-        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool,
+                               device=q.device).tril()
     scores = q @ k.transpose(-2, -1)
     scores = (_halved(scores) if _computed(q) and _computed(k) else scores) * (
         scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
@@ -168,14 +169,25 @@ def input_times_modified_gradient(model: nn.Module, x: Tensor, target: int) -> T
     return (x * grad).detach()
 
 
+def frame_language_model(model: nn.Module, share_tensors: bool = False) -> nn.Module:
+    """An eval copy of a HuggingFace ``model``, parameters frozen, whose activation modules
+    take the identity rule as a whole (written out in products and ``tanh`` as GPT-2's
+    ``NewGELUActivation`` is, as LXT patches them). ``share_tensors``: the copy holds the
+    model's own parameters and buffers (and freezes them) instead of copies."""
+    memo: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]} if (
+        share_tensors) else {}
+    model = copy.deepcopy(model, memo).eval().requires_grad_(False)
+    for module in model.modules():
+        if type(module).__module__ == "transformers.activations":
+            module.register_forward_hook(lambda m, args, y: _identity(args[0], y))
+    return model
+
+
 def language_model_relevance(model: nn.Module, inputs: dict[str, Tensor], seed: Tensor) -> Tensor:
     """AttnLRP's relevance (ε → 0) of the token embeddings of a HuggingFace model called with
     ``inputs`` (``input_ids``, ``attention_mask``, ...), for the output relevance
     ``logits ⊙ seed``: ``(batch, seq, hidden)``."""
-    model = copy.deepcopy(model).eval().requires_grad_(False)
-    for module in model.modules():  # HF activations written out (GPT-2's NewGELU): identity
-        if type(module).__module__ == "transformers.activations":
-            module.register_forward_hook(lambda m, args, y: _identity(args[0], y))
+    model = frame_language_model(model)
     others = {k: v for k, v in inputs.items() if k != "input_ids"}
     embeddings = model.get_input_embeddings()(inputs["input_ids"]).detach().requires_grad_(True)
     with ModifiedGradient() as first:
