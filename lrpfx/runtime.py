@@ -362,7 +362,9 @@ def _checked(r: Any, output: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"output_relevance {name} returned {tuple(r.shape)} {r.dtype} on "
                          f"{r.device}; the model output is {tuple(output.shape)} {output.dtype} "
                          f"on {output.device}: give one value per output entry")
-    if not bool(torch.isfinite(r).all()):
+    # under torch.compile a Python bool of a tensor breaks the graph: there the explainer's
+    # check of the result (diagnose.finite) names a non-finite seed instead
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(r).all()):
         raise ValueError(f"output_relevance {name} returned NaN/Inf values")
     return r
 

@@ -126,3 +126,27 @@ def test_a_value_read_for_its_shape_alone_is_held_as_its_size():
     assert [n.args[0] for n in sizes] == [t] and len(t.users) == 2  # u and its size
     assert kept.users.keys() == {r}
     assert all(torch.equal(a, b) for a, b in zip(gm(x0), expected, strict=True))
+
+
+def test_a_language_model_holds_no_attention_matrix_across_the_turn(monkeypatch):
+    """The scores ``q @ kᵀ``, their masked form and the softmax (one sequence × sequence
+    matrix per head each) are made again in the backward from ``q``, ``k`` and the mask, which
+    it holds anyway; the relevance is the same, bit for bit."""
+    pytest.importorskip("transformers")
+    from tests.test_language_models import _batch, _make
+
+    model, inputs = _make("llama", "sdpa"), _batch()
+    explainer = lrpfx.compile(model, "attn-lrp", example_inputs=inputs)
+    graph = explainer.program.graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    turn = next(n for n in graph.nodes if n.target is rt.output_relevance)
+    matrices = [n for n in graph.nodes if order[n] < order[turn] and (
+        n.target in (F.softmax, kernels.attention_mask) or n.target is torch.matmul)]
+    assert matrices
+    for node in matrices:
+        late = [u.name for u in node.users if order[u] > order[turn]]
+        assert not late, f"{node.name} is held for {late}"
+    out = explainer(**inputs)
+    monkeypatch.setattr(lrpfx.compiler, "PROGRAM_PASSES", WITHOUT)
+    plain = lrpfx.compile(model, "attn-lrp", example_inputs=inputs)(**inputs)
+    assert torch.equal(out.embedding, plain.embedding) and torch.equal(out.output, plain.output)
