@@ -390,14 +390,16 @@ def machine(threads: int, device: str) -> dict[str, Any]:
     return info
 
 
-def _ms(seconds: float | None) -> str:
+def milliseconds(seconds: float | None) -> str:
+    """A time for the tables: "–" for none, else milliseconds (3 digits below 100)."""
     if seconds is None:
         return "–"
     ms = seconds * 1e3
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
-def _ratio(num: float | None, den: float | None) -> str:
+def ratio(num: float | None, den: float | None) -> str:
+    """``num / den`` for the tables, "–" where either is missing."""
     return f"{num / den:.2f}" if num is not None and den else "–"
 
 
@@ -416,9 +418,9 @@ def rows(results: list[Result]) -> Iterator[list[str]]:
             median = r.median
             yield [
                 model, str(batch), method,
-                _ms(median),
-                _ratio(median, forward.median if forward else None),
-                _ratio(median, ours.median if ours else None),
+                milliseconds(median),
+                ratio(median, forward.median if forward else None),
+                ratio(median, ours.median if ours else None),
                 f"{r.peak_mib:.0f}" if r.peak_mib is not None else "–",
                 f"{r.delta:.1e}" if r.delta is not None else "",
                 f"{r.setup_s:.1f}" if r.setup_s is not None else "",
@@ -531,15 +533,20 @@ def report(results: list[Result], args: argparse.Namespace, info: dict[str, Any]
     console.print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
 
 
+def threads_and_device(threads: int, device: str) -> str:
+    """Set torch's thread count; the device (``"auto"``: CUDA when there is one)."""
+    torch.set_num_threads(threads)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse(argv)
     if args.child:
         child(json.loads(args.child))
         return []
-    torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = threads_and_device(args.threads, args.device)
     console = console_for_report()
     info = machine(args.threads, device)
     cases = [Case(m, b, args.size, device, args.composite) for m in args.model for b in args.batch]

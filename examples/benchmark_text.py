@@ -76,8 +76,11 @@ from benchmark import (  # examples/ is on sys.path when a script in it runs
     child,
     console_for_report,
     machine,
+    milliseconds,
+    ratio,
     report,
     run_plan,
+    threads_and_device,
 )
 from torch import fx, nn
 
@@ -316,17 +319,6 @@ HEADER = ["model", "length", "batch", "method", "median ms", "µs/token", "× pr
           "× gradient", "peak MiB", "mem × gradient", "Δ R", "setup s"]
 
 
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    ms = seconds * 1e3
-    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
-
-
-def _ratio(num: float | None, den: float | None) -> str:
-    return f"{num / den:.2f}" if num is not None and den else "–"
-
-
 def _lookup(results: list[Result]) -> dict[tuple[int, int, str], Result]:
     return {(getattr(r, "length", 0), r.batch, r.method): r for r in results}
 
@@ -345,12 +337,12 @@ def rows(results: list[Result]) -> Any:
         gradient = at.get((length, r.batch, "gradient"))
         yield [
             r.model, str(length), str(r.batch), r.method,
-            _ms(r.median),
+            milliseconds(r.median),
             f"{r.median * 1e6 / (r.batch * length):.3g}" if r.median else "–",
-            _ratio(r.median, before.median if before else None),
-            _ratio(r.median, gradient.median if gradient else None),
+            ratio(r.median, before.median if before else None),
+            ratio(r.median, gradient.median if gradient else None),
             f"{r.peak_mib:.0f}" if r.peak_mib is not None else "–",
-            _ratio(r.peak_mib, gradient.peak_mib if gradient else None),
+            ratio(r.peak_mib, gradient.peak_mib if gradient else None),
             f"{r.delta:.1e}" if r.delta is not None else "",
             f"{r.setup_s:.1f}" if r.setup_s is not None else "",
             "",
@@ -410,10 +402,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
             importlib.import_module(module)
         child(spec, TextCase)
         return []
-    torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = threads_and_device(args.threads, args.device)
     console = console_for_report()
     if args.profile:
         for length in args.lengths:
