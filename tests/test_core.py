@@ -281,3 +281,21 @@ def test_first_layer_key_in_a_custom_map():
     assert assigned["3"] == rules.Gamma(0.5)
     assert assigned["7"] == rules.Epsilon()  # the default for dense layers
     assert assigned["9"] == rules.Epsilon(0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=str)
+def test_stabilize_adds_exactly_plus_or_minus_epsilon(dtype):
+    """``z + ε·sign0(z)``, sign0(0) = +1, bit for bit as ``where(z >= 0, ε, −ε)`` in z's dtype,
+    in place or not."""
+    from lrpfx import runtime as rt
+
+    z = torch.randn(64, 33).to(dtype)
+    z[0, :5] = 0.0
+    z[1, :3] = -0.0
+    for epsilon in (1e-6, 1e-9, 0.25, 1e-15, 0.0):
+        eps = torch.full((), epsilon, dtype=dtype)
+        expected = z + torch.where(z >= 0, eps, -eps)
+        assert torch.equal(rt.stabilize(z, epsilon), expected)
+        assert torch.equal(rt.stabilize_(z.clone(), epsilon), expected)
+        assert torch.equal(rt.stabilize(z, torch.tensor(epsilon)), expected)
