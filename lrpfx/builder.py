@@ -76,7 +76,7 @@ class Builder:
             return self.attr(node)
         if node not in self._widened:
             self._widened[node] = self.call(rt.widen, value, self.relevance_dtype,
-                                            name=f"{value.name.lstrip('_')}_wide")
+                                            name=f"{self.name(node)}_wide")
         return self._widened[node]
 
     def name(self, node: fx.Node) -> str:
@@ -135,7 +135,6 @@ class Builder:
 
     def _wide(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.relevance_dtype is None else rt.widen(value, self.relevance_dtype)
-
 
     # -- emission ------------------------------------------------------------------------------
     def call(self, fn: Callable[..., Any] | str, *args: Any, name: str, **kwargs: Any) -> fx.Node:

@@ -74,7 +74,7 @@ def compile(  # noqa: A001  (the public name is lrpfx.compile)
             it needs ``example_inputs``) or ``"auto"`` (fx where it traces, else export).
         relevance_dtype: the dtype the relevance is computed and accumulated in where the
             model's is narrower: ``torch.float32`` explains a bfloat16 or float16 model with
-            its own forward (the output is the model's, bit for bit) and a float32 backward
+            the same forward as without it (the same output, bit for bit) and a float32 backward
             (forward values and weights read in float32; the relevance comes back in float32).
             None (the default): the model's dtype.
         patterns: fitted signal patterns (``lrpfx.patterns.fit``) for the ``"patternnet"`` and
