@@ -6,7 +6,7 @@ the generated program calls, declared with ``lrpfx.runtime.kernel`` like the oth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -270,44 +270,47 @@ def index_transpose(r: torch.Tensor, x: torch.Tensor | torch.Size, index: Any) -
     return out.view(-1).index_add_(0, positions.reshape(-1), r.reshape(-1)).view(shape)
 
 
+def _placed(r: torch.Tensor, x: torch.Tensor,
+            part: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Zeros shaped like ``x`` with ``r`` written into ``part`` of them (the view of ``x`` a
+    re-indexing took)."""
+    out = torch.zeros_like(x)
+    part(out).copy_(r)
+    return out
+
+
 @kernel(fresh=False)
 def chunk_transpose(r: torch.Tensor, x: torch.Tensor, chunks: int, dim: int, i: int
                     ) -> torch.Tensor:
     """Piece ``i`` of ``torch.chunk(x, chunks, dim)`` back in place: zeros elsewhere."""
-    out = torch.zeros_like(x)
-    torch.chunk(out, chunks, dim)[i].copy_(r)
-    return out
+    return _placed(r, x, lambda out: torch.chunk(out, chunks, dim)[i])
 
 
 @kernel(fresh=False)
 def split_transpose(r: torch.Tensor, x: torch.Tensor, sizes: int | list[int], dim: int, i: int
                     ) -> torch.Tensor:
     """Piece ``i`` of ``torch.split(x, sizes, dim)`` back in place: zeros elsewhere."""
-    out = torch.zeros_like(x)
-    torch.split(out, sizes, dim)[i].copy_(r)
-    return out
+    return _placed(r, x, lambda out: torch.split(out, sizes, dim)[i])
 
 
 @kernel(fresh=False)
 def tensor_split_transpose(r: torch.Tensor, x: torch.Tensor, sections: int | list[int],
                            dim: int, i: int) -> torch.Tensor:
     """Piece ``i`` of ``torch.tensor_split(x, sections, dim)`` back in place: zeros elsewhere."""
-    out = torch.zeros_like(x)
-    torch.tensor_split(out, sections, dim)[i].copy_(r)
-    return out
+    return _placed(r, x, lambda out: torch.tensor_split(out, sections, dim)[i])
 
 
 @kernel(fresh=False)
 def narrow_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, start: int, length: int
                      ) -> torch.Tensor:
     """The transpose of ``torch.narrow(x, dim, start, length)``."""
-    out = torch.zeros_like(x)
-    out.narrow(dim, start, length).copy_(r)
-    return out
+    return _placed(r, x, lambda out: out.narrow(dim, start, length))
 
 
-def _slice_index(rank: int, dim: int, start: int | None, end: int | None, step: int
-                 ) -> tuple[slice, ...]:
+def slice_index(rank: int, dim: int, start: Any = None, end: Any = None, step: Any = 1
+                ) -> tuple[slice, ...]:
+    """The index of ``x[index]`` that takes ``x``'s slice ``start:end:step`` along ``dim`` (of
+    ``rank`` dimensions)."""
     return (*[slice(None)] * (dim % rank), slice(start, end, step))
 
 
@@ -316,7 +319,7 @@ def slice_of(r: torch.Tensor, dim: int, start: int | None, end: int | None, step
              ) -> torch.Tensor:
     """``r``'s slice along ``dim`` (a view): the part of ``slice_scatter(x, src, ...)`` that
     came from ``src``."""
-    return r[_slice_index(r.dim(), dim, start, end, step)]
+    return r[slice_index(r.dim(), dim, start, end, step)]
 
 
 @kernel(fresh=True)
@@ -325,7 +328,7 @@ def slice_zeroed(r: torch.Tensor, dim: int, start: int | None, end: int | None, 
     """``r`` with its slice along ``dim`` zero: the part of ``slice_scatter(x, src, ...)`` that
     came from ``x``."""
     out = r.clone()
-    out[_slice_index(r.dim(), dim, start, end, step)] = 0
+    out[slice_index(r.dim(), dim, start, end, step)] = 0
     return out
 
 
@@ -333,9 +336,7 @@ def slice_zeroed(r: torch.Tensor, dim: int, start: int | None, end: int | None, 
 def select_transpose(r: torch.Tensor, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
     """The transpose of ``torch.select(x, dim, index)``, and of piece ``index`` of
     ``torch.unbind(x, dim)``, which is the same slice."""
-    out = torch.zeros_like(x)
-    out.select(dim, index).copy_(r)
-    return out
+    return _placed(r, x, lambda out: out.select(dim, index))
 
 
 @kernel(fresh=False)

@@ -37,6 +37,7 @@ from torch import fx, nn
 from lrpfx import meta
 from lrpfx.errors import TraceError
 from lrpfx.frontend.decompositions import DECOMPOSITIONS
+from lrpfx.kernels import slice_index
 from lrpfx.ops.casts import cast
 from lrpfx.ops.table import aten
 
@@ -191,9 +192,7 @@ def _cast_or_same(graph: fx.Graph, node: fx.Node, x: fx.Node, dtype: Any) -> Non
 def _slice(x: fx.Node, dim: int = 0, start: Any = None, end: Any = None,
            step: Any = 1) -> tuple[Any, ...]:
     """``aten.slice(x, dim, start, end, step)`` as the index of ``x[index]``."""
-    rank = len(x.meta["val"].shape)
-    dim = dim % rank
-    return (*[slice(None)] * dim, slice(start, end, step))
+    return slice_index(len(x.meta["val"].shape), dim, start, end, step)
 
 
 def _rewrite(graph: fx.Graph, node: fx.Node) -> None:
