@@ -88,45 +88,6 @@ def stabilize(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
     return _signed_epsilon(z, epsilon).add_(z)  # a new tensor, the sum commutes bit for bit
 
 
-def _fits(a: torch.Tensor, b: torch.Tensor | float) -> bool:
-    """``a ∘ b`` has ``a``'s shape and dtype, so it can be written into ``a``."""
-    if not isinstance(b, torch.Tensor):
-        return True
-    return a.dtype == b.dtype and a.shape == torch.broadcast_shapes(a.shape, b.shape)
-
-
-# ``a ∘ b`` written into ``a`` (or into ``b``: ``*_second``) when the shapes allow; the program
-# calls these where that operand is an intermediate nothing reads afterwards (lrpfx.program.inplace)
-@kernel(fresh=True)
-def mul_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.mul_(b) if _fits(a, b) else a * b
-
-
-@kernel(fresh=True)
-def add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.add_(b) if _fits(a, b) else a + b
-
-
-@kernel(fresh=True)
-def sub_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.sub_(b) if _fits(a, b) else a - b
-
-
-@kernel(fresh=True)
-def div_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.div_(b) if _fits(a, b) else a / b
-
-
-@kernel(fresh=True)
-def sub_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.sub(a, b, out=b) if _fits(b, a) else a - b
-
-
-@kernel(fresh=True)
-def div_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.div(a, b, out=b) if _fits(b, a) else a / b
-
-
 @kernel(fresh=True)
 def conv_transpose(s: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
                    padding: Sequence[int], dilation: Sequence[int], groups: int) -> torch.Tensor:

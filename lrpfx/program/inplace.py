@@ -29,6 +29,47 @@ from torch import fx
 
 from lrpfx import meta
 from lrpfx import runtime as rt
+from lrpfx.runtime import kernel
+
+
+def _fits(a: torch.Tensor, b: torch.Tensor | float) -> bool:
+    """``a ∘ b`` has ``a``'s shape and dtype, so it can be written into ``a``."""
+    if not isinstance(b, torch.Tensor):
+        return True
+    return a.dtype == b.dtype and a.shape == torch.broadcast_shapes(a.shape, b.shape)
+
+
+# ``a ∘ b`` written into ``a`` (or into ``b``: ``*_second``) when the shapes allow; the program
+# calls these where that operand is an intermediate nothing reads afterwards (``CHECKED``)
+@kernel(fresh=True)
+def mul_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.mul_(b) if _fits(a, b) else a * b
+
+
+@kernel(fresh=True)
+def add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.add_(b) if _fits(a, b) else a + b
+
+
+@kernel(fresh=True)
+def sub_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.sub_(b) if _fits(a, b) else a - b
+
+
+@kernel(fresh=True)
+def div_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.div_(b) if _fits(a, b) else a / b
+
+
+@kernel(fresh=True)
+def sub_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sub(a, b, out=b) if _fits(b, a) else a - b
+
+
+@kernel(fresh=True)
+def div_into_second(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.div(a, b, out=b) if _fits(b, a) else a / b
+
 
 # call_function targets whose result is a new tensor (arithmetic: when an operand is a tensor)
 FRESH: set[Any] = {
@@ -43,9 +84,9 @@ FRESH: set[Any] = {
 # tensor ∘ tensor without a stated shape: helpers that check the shapes when the program runs
 # (into the first operand, into the second)
 CHECKED: dict[Any, tuple[Callable[..., Any], Callable[..., Any]]] = {
-    operator.add: (rt.add_into, rt.add_into), operator.mul: (rt.mul_into, rt.mul_into),
-    operator.sub: (rt.sub_into, rt.sub_into_second),
-    operator.truediv: (rt.div_into, rt.div_into_second),
+    operator.add: (add_into, add_into), operator.mul: (mul_into, mul_into),
+    operator.sub: (sub_into, sub_into_second),
+    operator.truediv: (div_into, div_into_second),
 }
 UNARY: dict[Any, str] = {torch.relu: "relu_", operator.neg: "neg_"}
 BINARY: dict[Any, str] = {operator.add: "add_", operator.sub: "sub_", operator.mul: "mul_",
