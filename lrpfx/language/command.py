@@ -164,6 +164,7 @@ def explain_texts(model: Any, tokenizer: Any, texts: list[str], rules: str = "at
                                tokenizer.pad_token_id) if isinstance(p, int)), 0)
     inputs = encode(tokenizer, texts, _can_pad(model, task), pad_id)
     labels = getattr(config, "id2label", None) if task == "classification" else None
+    relevance_dtype = _relevance_dtype(model)
     explainers: dict[int, lrpfx.Explainer] = {}
     heatmaps: list[TokenHeatmap] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -177,7 +178,7 @@ def explain_texts(model: Any, tokenizer: Any, texts: list[str], rules: str = "at
                 progress.update(bar, description=f"compiling ({length} tokens)")
                 explainers[length] = lrpfx.compile(
                     model, rules, example_inputs=batch, frontend="export",
-                    relevance_dtype=_relevance_dtype(model))
+                    relevance_dtype=relevance_dtype)
                 progress.update(bar, description="explaining")
             out = _explain(explainers[length], batch, target, contrast)
             shown = token_heatmaps(tokenizer, batch["input_ids"], batch["attention_mask"],
