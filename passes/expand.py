@@ -24,18 +24,12 @@ import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import kernels, meta
-
-
-def _arguments(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: Any = 0.0,
-               is_causal: Any = False, scale: Any = None, enable_gqa: Any = False
-               ) -> dict[str, Any]:
-    return {"q": q, "k": k, "v": v, "mask": attn_mask, "causal": is_causal, "scale": scale,
-            "gqa": enable_gqa}
+from lrpfx.ops.attention import arguments
 
 
 def _attention(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
     """The expanded attention of ``node`` (inserted before it), or None when refused."""
-    a = _arguments(*node.args, **node.kwargs)
+    a = arguments(*node.args, **node.kwargs)
     if a["gqa"] is not False:
         node.meta[meta.UNSUPPORTED] = ("scaled_dot_product_attention with enable_gqa=True; "
                                        "repeat the keys and values over the heads instead")

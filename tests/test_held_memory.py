@@ -129,13 +129,14 @@ def test_a_value_read_for_its_shape_alone_is_held_as_its_size():
 
 
 def test_a_language_model_holds_no_attention_matrix_across_the_turn(monkeypatch):
-    """The scores ``q @ kᵀ``, their masked form and the softmax (one sequence × sequence
-    matrix per head each) are made again in the backward from ``q``, ``k`` and the mask, which
-    it holds anyway; the relevance is the same, bit for bit."""
+    """An attention the model writes out (HuggingFace's eager attention; an sdpa call is fused,
+    ``test_fused_attention``): the scores ``q @ kᵀ``, their masked form and the softmax (one
+    sequence × sequence matrix per head each) are made again in the backward from ``q``, ``k``
+    and the mask, which it holds anyway; the relevance is the same, bit for bit."""
     pytest.importorskip("transformers")
     from tests.test_language_models import _batch, _make
 
-    model, inputs = _make("llama", "sdpa"), _batch()
+    model, inputs = _make("llama", "eager"), _batch()
     explainer = lrpfx.compile(model, "attn-lrp", example_inputs=inputs)
     graph = explainer.program.graph
     order = {n: i for i, n in enumerate(graph.nodes)}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import lrpfx
+import lrpfx.compiler
 from lrpfx import composites
 from tests.gradient_frame import language_model_relevance
 
@@ -229,3 +230,23 @@ def test_decoder_sequence_classifiers_pick_the_last_token(name):
     expected = language_model_relevance(model, inputs, seed)
     scale = expected.abs().max().item()
     torch.testing.assert_close(out.embedding, expected, rtol=1e-8, atol=1e-8 * scale)
+
+
+@pytest.mark.usefixtures("float64_norms")
+def test_llama_sdpa_fused_equals_its_attention_written_out(monkeypatch):
+    """Llama's sdpa attention explained by the fused kernel (``passes.fuse``) and part by part
+    (fusion off): one explanation; and HuggingFace's eager attention, which the model writes
+    out itself, within its softmax's float32 rounding (``dtype=torch.float32`` in HF's code)."""
+    inputs, rule = _batch(), composites.AttnLRP(epsilon=0.0)
+    explained = {}
+    for kind in ("sdpa", "eager"):
+        explainer = lrpfx.compile(_make("llama", kind), rule, example_inputs=inputs)
+        assert ("lrpfx_attention_relevance" in explainer.program.code) == (kind == "sdpa")
+        explained[kind] = explainer(**inputs)
+    monkeypatch.setattr(lrpfx.compiler.passes, "fuse", lambda gm, keep: gm)
+    parts = lrpfx.compile(_make("llama", "sdpa"), rule, example_inputs=inputs)(**inputs)
+    torch.testing.assert_close(explained["sdpa"].relevance, parts.relevance, rtol=1e-12,
+                               atol=1e-14)
+    torch.testing.assert_close(explained["sdpa"].output, explained["eager"].output)
+    torch.testing.assert_close(explained["sdpa"].relevance, explained["eager"].relevance,
+                               rtol=1e-6, atol=1e-8)

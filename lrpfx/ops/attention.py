@@ -18,18 +18,31 @@ gets ``R_m = m s``, and with ``ignore_bias`` a constant mask is ignored (``R_l =
 from __future__ import annotations
 
 import operator
+from typing import Any
 
+import torch.nn.functional as F
 from torch import fx
 
-from lrpfx import kernels
+from lrpfx import attention, kernels
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
+from lrpfx.ops.bilinear import receives
 from lrpfx.ops.table import Contribution, OpKind, carries, defop, relevance
-from lrpfx.rules import Epsilon, Norm
+from lrpfx.rules import Attention, Epsilon, Norm, SoftmaxTaylor, Stop
 
 defop(kernels.attention_scale, kind=OpKind.SCALE)
 defop(kernels.causal_mask, kind=OpKind.SHAPE, constant=True)
 defop(kernels.attention_mask, kind=OpKind.ADD)
+# rules.Attention is given by passes.fuse, never by a composite
+defop(F.scaled_dot_product_attention, kind=OpKind.ATTENTION, rule_when=lambda node: False)
+
+
+def arguments(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: Any = 0.0,
+              is_causal: Any = False, scale: Any = None, enable_gqa: Any = False
+              ) -> dict[str, Any]:
+    """The arguments of an ``F.scaled_dot_product_attention`` call by name."""
+    return {"q": q, "k": k, "v": v, "mask": attn_mask, "causal": is_causal, "scale": scale,
+            "gqa": enable_gqa}
 
 
 @relevance(kernels.attention_scale)
@@ -53,3 +66,21 @@ def _mask(b: Builder, node: fx.Node, rel: fx.Node, rule: Norm | Epsilon) -> list
         r = b.call(operator.mul, b[mask], s, name=f"r_{tag}")
         out.append((mask, b.call(rt.unbroadcast, r, b[mask], name=f"r_{tag}")))
     return out
+
+
+@relevance(F.scaled_dot_product_attention, rule=Attention)
+def _fused(b: Builder, node: fx.Node, rel: fx.Node, rule: Attention) -> list[Contribution]:
+    """The fused attention: ``lrpfx.attention.relevance``, block by block."""
+    a = arguments(*node.args, **node.kwargs)
+    operands = (a["q"], a["k"], a["v"])
+    softmax = ("taylor" if isinstance(rule.softmax, SoftmaxTaylor)
+               else "stop" if isinstance(rule.softmax, Stop) else "pass")
+    scores = softmax != "stop"  # CP-LRP: the weights are held constant, q and k get nothing
+    gets = (scores and receives(a["q"]), scores and receives(a["k"]), receives(a["v"]))
+    mask = (0.0, False) if rule.mask is None else (rule.mask.stabilizer, rule.mask.ignore_bias)
+    tag = b.name(node)
+    out = b.call(attention.relevance, rel, *(b[x] for x in operands), b[node], b.map(a["mask"]),
+                 a["causal"], a["scale"], softmax, rule.values.stabilizer,
+                 rule.scores.stabilizer, mask, gets, name=f"r_{tag}")
+    return [(x, b.call(operator.getitem, out, i, name=f"r_{tag}"))
+            for i, x in enumerate(operands) if gets[i]]

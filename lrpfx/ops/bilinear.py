@@ -55,7 +55,7 @@ spell(torch.einsum, aten.einsum.default, bind=lambda *operands, path=None: Call(
     else operands)))
 
 
-def _receives(x: object) -> bool:
+def receives(x: object) -> bool:
     """Whether operand ``x`` receives relevance: it carries some, and does not come from a node
     whose rule stops it (through re-indexings)."""
     if not carries(x):
@@ -105,7 +105,7 @@ def _product(b: Builder, node: fx.Node, rel: fx.Node, rule: Epsilon | Norm
              ) -> list[Contribution]:
     """``A @ B``: the ε-rule on each operand that carries relevance, halved when both do."""
     operands = _operands(node)
-    receiving = [x for x in operands if _receives(x)]
+    receiving = [x for x in operands if receives(x)]
     tag = b.name(node)
     z = b.call(rt.stabilize, b[node], stabilizer(b, rule, b[node], tag), name=f"z_{tag}")
     s = b.call(operator.truediv, rel, z, name=f"s_{tag}")

@@ -55,6 +55,7 @@ class OpKind(str, Enum):
     LAYERNORM = "layernorm"
     MATMUL = "matmul"  # matrix products: A @ B
     SOFTMAX = "softmax"
+    ATTENTION = "attention"  # a fused attention (passes.fuse), softmax and products in one
     ROUTING = "routing"  # cat, stack, indexing, permute, ...: relevance moved, not rescaled
     RESHAPE = "reshape"
     SHAPE = "shape"  # size queries and integer arithmetic: no relevance

@@ -27,11 +27,12 @@ from lrpfx.rules.base import (
     gamma_mod,
 )
 from lrpfx.rules.linear import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
-from lrpfx.rules.ops import Gating, Gradient, LNRule, Pass, SoftmaxTaylor, Stop, Uniform
+from lrpfx.rules.ops import Attention, Gating, Gradient, LNRule, Pass, SoftmaxTaylor, Stop, Uniform
 from lrpfx.rules.patterns import PatternAttribution, PatternNet
 
 __all__ = [
     "AlphaBeta",
+    "Attention",
     "Epsilon",
     "Flat",
     "Gamma",

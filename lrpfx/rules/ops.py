@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lrpfx.rules.base import Rule
+from lrpfx.rules.linear import Epsilon, Norm
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,17 @@ class Gradient(Rule):
     ``Pass`` suffices), their layer backward does not, so the mask must be applied here. Defined
     for the piecewise-linear activations: ReLU, ReLU6, Hardtanh, LeakyReLU.
     """
+
+
+@dataclass(frozen=True)
+class Attention(Rule):
+    """The rules of one attention ``softmax(q kᵀ · scale ⊕ mask) v`` taken together: what
+    ``passes.fuse`` gives the ``F.scaled_dot_product_attention`` it makes of the parts that the
+    composite gave their rules (``scores``: the product ``q kᵀ``, ``mask``: a float mask's sum,
+    ``softmax``, ``values``: the product with ``v``), so that one kernel explains it block by
+    block (``lrpfx.attention``) with what the parts would have computed."""
+
+    scores: Epsilon | Norm
+    softmax: SoftmaxTaylor | Stop | Pass
+    values: Epsilon | Norm
+    mask: Epsilon | Norm | None = None
