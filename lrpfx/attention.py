@@ -53,34 +53,65 @@ def _block_mask(mask: torch.Tensor, rows: slice, length: int) -> torch.Tensor:
     return mask[..., rows, :]
 
 
-def _causal(rows: slice, keys: int, device: torch.device) -> torch.Tensor:
-    """The rows of ``is_causal``'s mask: query ``i`` sees keys ``j <= i``."""
+def _causal(rows: slice, keys: slice, device: torch.device) -> torch.Tensor:
+    """Block ``rows × keys`` of ``is_causal``'s mask: query ``i`` sees keys ``j <= i``."""
     i = torch.arange(rows.start, rows.stop, device=device)
-    return torch.arange(keys, device=device) <= i[:, None]
+    return torch.arange(keys.start, keys.stop, device=device) <= i[:, None]
 
 
-def _masks(mask: torch.Tensor | None, causal: bool, rows: slice, length: int, keys: int,
+def _seen(mask: torch.Tensor | None, causal: bool, rows: slice, keys: int) -> slice:
+    """The keys that queries ``rows`` may see (``mask``: their rows of it): all but those that
+    a boolean mask or ``is_causal`` hides from every one of them (a causal block stops at its
+    last row: the scores of the keys after are never computed). All keys when no key is seen
+    (a row that sees none is NaN, as the parts', ``F.softmax`` of ``-inf`` only) and under
+    ``torch.compile`` for a mask (the range would depend on the mask's values)."""
+    start, stop = 0, min(keys, rows.stop) if causal else keys
+    if mask is not None and mask.dtype == torch.bool and not torch.compiler.is_compiling():
+        seen = (mask.flatten(0, -2).any(0) if mask.dim() > 1 else mask)[:stop].nonzero()
+        if not len(seen):
+            return slice(0, keys)
+        start, stop = int(seen[0]), int(seen[-1]) + 1
+    return slice(start, stop)
+
+
+def _masks(mask: torch.Tensor | None, causal: bool, rows: slice, keys: slice,
            device: torch.device) -> list[torch.Tensor]:
-    """The masks block ``rows`` applies to its scores, in order."""
-    masks = [] if mask is None else [_block_mask(mask, rows, length)]
+    """The masks of block ``rows × keys``, in order (``mask``: its rows of the mask)."""
+    masks = [] if mask is None else [mask[..., keys]]
     return [*masks, _causal(rows, keys, device)] if causal else masks
 
 
-def _scores_relevance(r: torch.Tensor, logits: torch.Tensor, masked: list[torch.Tensor],
-                      weights: torch.Tensor, masks: list[torch.Tensor], softmax: SoftmaxRule,
-                      mask_rule: MaskRule) -> torch.Tensor:
-    """The relevance of the scores ``q kᵀ · scale`` from that of the weights (``r``):
-    the softmax's rule, then each mask's in reverse order (``masked[i]``: after mask ``i``)."""
-    top = masked[-1] if masked else logits
+def _ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z / stabilize(z, ε)``, as ``|z| / (|z| + ε)``: the same number (negation is exact)."""
+    a = z.abs()
+    return a.div_(a + epsilon)
+
+
+def _scores(x: torch.Tensor, weights: torch.Tensor, logits: torch.Tensor,
+            masked: list[torch.Tensor], masks: list[torch.Tensor], softmax: SoftmaxRule,
+            epsilon: float, mask_rule: MaskRule) -> torch.Tensor:
+    """``t = R_L / stabilize(L, ε)`` of a block's scores ``L = q kᵀ · scale`` (before the
+    share of ``q`` and ``k``), from ``x = s vᵀ`` (``R_P = P ⊙ x``; ``x`` is overwritten).
+
+    Boolean masks (or none) and ``SoftmaxTaylor``: ``R_L = L ⊙ P ⊙ (x − Σ_j R_P)`` where a
+    mask keeps (``P = 0`` where it does not: no ``-inf`` is read), so ``t = P ⊙ (x − Σ_j R_P)
+    ⊙ L / stabilize(L)``. Otherwise each part's formula in turn (``kernels``)."""
+    if all(m.dtype == torch.bool for m in masks):
+        if softmax == "taylor":
+            total = (weights * x).sum(-1, keepdim=True)
+            return x.sub_(total).mul_(weights).mul_(_ratio(logits, epsilon))
+        return x.mul_(weights).div_(rt.stabilize(logits, epsilon))
+    r = x.mul_(weights)
+    top = masked[-1]
     if softmax == "taylor":
         r = kernels.softmax_taylor(r, top, weights, -1)
-    epsilon, ignore_bias = mask_rule
+    mask_epsilon, ignore_bias = mask_rule
     for i in reversed(range(len(masks))):
         before = masked[i - 1] if i else logits
         if masks[i].dtype != torch.bool and ignore_bias:
             continue  # a constant float mask ignored: the scores keep the relevance
-        r = kernels.mask_share(r, before, masked[i], masks[i], epsilon)
-    return r
+        r = kernels.mask_share(r, before, masked[i], masks[i], mask_epsilon)
+    return r.div_(rt.stabilize(logits, epsilon))
 
 
 @kernel(fresh=False)
@@ -97,37 +128,34 @@ def relevance(r: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if weights_receive and gets_v:
         s = s * 0.5  # the uniform share of each operand
     qs = kernels.attention_scale(q, scale)
-    kt = k.transpose(-2, -1)
+    kt, vt = k.transpose(-2, -1).contiguous(), v.transpose(-2, -1).contiguous()
     length, keys = q.size(-2), k.size(-2)
     masks_batch = () if mask is None else mask.shape[:-2]
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], masks_batch)
-    rq = (q.new_empty((*batch, length, q.size(-1))) if gets_q and weights_receive else None)
-    acc_v: torch.Tensor | None = None
-    acc_k: torch.Tensor | None = None
+    rq = q.new_empty((*batch, length, q.size(-1))) if gets_q and weights_receive else None
+    # Σ_I s_Iᵀ P_I and Σ_I (q_I · scale)ᵀ t_I, then R_v = v ⊙ acc_vᵀ and R_k = k ⊙ acc_kᵀ
+    acc_v = v.new_zeros((*batch, v.size(-1), keys)) if gets_v else None
+    acc_k = k.new_zeros((*batch, k.size(-1), keys)) if gets_k and weights_receive else None
     for rows in _rows(length, keys, batch):
+        mask_rows = None if mask is None else _block_mask(mask, rows, length)
+        cols = _seen(mask_rows, causal, rows, keys)
         q_rows, s_rows = qs[..., rows, :], s[..., rows, :]
-        logits = q_rows @ kt
-        masks = _masks(mask, causal, rows, length, keys, q.device)
-        masked: list[torch.Tensor] = []
+        logits = q_rows @ kt[..., cols]
+        masks, masked = _masks(mask_rows, causal, rows, cols, q.device), []
         for m in masks:
             masked.append(kernels.attention_mask(masked[-1] if masked else logits, m))
         weights = F.softmax(masked[-1] if masked else logits, -1)
-        if gets_v:
-            part = weights.transpose(-2, -1) @ s_rows
-            acc_v = part if acc_v is None else acc_v + part
+        if acc_v is not None:
+            acc_v[..., cols] += s_rows.transpose(-2, -1) @ weights
         if not weights_receive:
             continue
-        r_weights = weights * (s_rows @ v.transpose(-2, -1))
-        r_scores = _scores_relevance(r_weights, logits, masked, weights, masks, softmax,
-                                     mask_rule)
-        t = r_scores / rt.stabilize(logits, scores_epsilon)
-        if gets_q and gets_k:
-            t = t * 0.5
+        t = _scores(s_rows @ vt[..., cols], weights, logits, masked, masks, softmax,
+                    scores_epsilon, mask_rule)
         if rq is not None:
-            rq[..., rows, :] = q_rows * (t @ k)
-        if gets_k:
-            part = t.transpose(-2, -1) @ q_rows
-            acc_k = part if acc_k is None else acc_k + part
-    return (None if rq is None else rt.unbroadcast(rq, q),
-            None if acc_k is None else rt.unbroadcast(k * acc_k, k),
-            None if acc_v is None else rt.unbroadcast(v * acc_v, v))
+            rq[..., rows, :] = q_rows * (t @ k[..., cols, :])
+        if acc_k is not None:
+            acc_k[..., cols] += q_rows.transpose(-2, -1) @ t
+    half = 0.5 if gets_q and gets_k else 1.0  # the uniform share, exact on the small results
+    return (None if rq is None else rt.unbroadcast(rq.mul_(half), q),
+            None if acc_k is None else rt.unbroadcast(k * acc_k.transpose(-2, -1) * half, k),
+            None if acc_v is None else rt.unbroadcast(v * acc_v.transpose(-2, -1), v))
