@@ -141,7 +141,8 @@ def relevance(r: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         cols = _seen(mask_rows, causal, rows, keys)
         q_rows, s_rows = qs[..., rows, :], s[..., rows, :]
         logits = q_rows @ kt[..., cols]
-        masks, masked = _masks(mask_rows, causal, rows, cols, q.device), []
+        masks = _masks(mask_rows, causal, rows, cols, q.device)
+        masked: list[torch.Tensor] = []
         for m in masks:
             masked.append(kernels.attention_mask(masked[-1] if masked else logits, m))
         weights = F.softmax(masked[-1] if masked else logits, -1)
