@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from lrpfx import guard, meta
+from lrpfx import runtime as rt
 from lrpfx.frontend.inputs import argument_name
 from lrpfx.language.targets import NextToken, sequence_seed
 
@@ -110,7 +111,7 @@ def _check_values(name: str, x: torch.Tensor, dtype: torch.dtype | None,
                         f"{dtype}; convert one of them")
     if device is not None and x.device != device:
         raise ValueError(f"input {name!r} is on {x.device} but the explainer is on {device}")
-    if not bool(torch.isfinite(x).all()):
+    if not rt.finite(x):
         raise ValueError(f"input {name!r} contains NaN/Inf values; lrpfx does not explain "
                          "non-finite inputs")
 

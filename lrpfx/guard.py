@@ -143,7 +143,7 @@ def _check_x(program: fx.GraphModule, graph_module: fx.GraphModule, x: Any) -> N
         raise ValueError(f"x is an empty batch ({_describe(x)}); pass at least one sample")
     _check_static_shape(graph_module, x)
     _check_first_layers(graph_module, x)
-    if not bool(torch.isfinite(x).all()):
+    if not rt.finite(x):
         raise ValueError(f"x contains {_count_nonfinite(x)}; lrpfx does not explain non-finite "
                          "inputs: replace them first (torch.nan_to_num) or drop those samples")
 
@@ -351,5 +351,5 @@ def check_output_relevance(r: Any, x: torch.Tensor, shape: torch.Size | None,
         raise ValueError(f"output_relevance has shape {tuple(r.shape)} but the model output for "
                          f"x of {_describe(x)} has shape {tuple(shape)}; give one value per "
                          "output entry")
-    if not bool(torch.isfinite(r).all()):
+    if not rt.finite(r):
         raise ValueError(f"output_relevance contains {_count_nonfinite(r)}")

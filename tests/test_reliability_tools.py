@@ -165,3 +165,17 @@ def test_good_options_still_explain(setup):
                         "16", "--top-k", "100", "--out", tmp / "out")
     assert status == 0, text
     assert (tmp / "out" / "a.png").is_file()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_the_finite_check_finds_every_nan_and_infinity(dtype):
+    """``runtime.finite`` (one ``aminmax``) agrees with ``isfinite(t).all()``."""
+    from lrpfx import runtime as rt
+
+    t = torch.randn(3, 40, dtype=torch.float64).to(dtype)
+    assert rt.finite(t) and rt.finite(t[:0]) and rt.finite(torch.arange(3))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        u = t.clone()
+        u[2, 17] = bad
+        assert not rt.finite(u)
+        assert not rt.finite(u[2:])
