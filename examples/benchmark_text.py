@@ -87,6 +87,7 @@ from benchmark import (  # examples/ is on sys.path when a script in it runs
 from torch import fx, nn
 
 import lrpfx
+import lrpfx.attention as attention_blocks
 from lrpfx.composites import AttnLRP
 
 METHODS = ("forward", "gradient", "gradient-frame", "lrpfx", "lrpfx-compiled")
@@ -223,10 +224,11 @@ def warm_up(spec: dict[str, Any]) -> None:
 def estimate_mib(case: TextCase, method: str) -> float:
     """A rough upper estimate of one explanation's peak memory (MiB; calibrated on the measured
     peaks and on the program's live values, ``--profile``): per layer, the float32 attention
-    matrices (batch × heads × L²) kept for the relevance pass (lrpfx: the scores, the masked
-    scores and the softmax; the gradient frame: the softmax and a boolean mask; sdpa's
-    gradient: none), three more alive at once in the backward, the activations of each token,
-    the logits, and the copies of the parameters a method holds (lrpfx: its program's)."""
+    matrices (batch × heads × L²) kept for the relevance pass (the gradient frame: the softmax
+    and a boolean mask; sdpa's gradient and lrpfx's fused attention: none), three more alive at
+    once in the backward (lrpfx: a few blocks of ``lrpfx.attention.BLOCK_ELEMENTS`` scores
+    instead), the activations of each token, the logits, and the copies of the parameters a
+    method holds (compiled lrpfx: inductor's frozen ones)."""
     c = SIZES[case.size]
     hidden, mlp, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     tokens = case.batch * case.length
@@ -237,14 +239,15 @@ def estimate_mib(case: TextCase, method: str) -> float:
         "forward": (0, 0, 2 * hidden + mlp, 1, 0),
         "gradient": (0, 1, 14 * hidden + 3 * mlp, 2, 0),
         "gradient-frame": (1.25, 3, 14 * hidden + 3 * mlp, 2, 0),
-        "lrpfx": (3, 3, 22 * hidden + 4 * mlp, 3, 1),
-        "lrpfx-compiled": (3, 3, 22 * hidden + 4 * mlp, 3, 2),
+        "lrpfx": (0, 0, 22 * hidden + 4 * mlp, 3, 0),
+        "lrpfx-compiled": (0, 0, 22 * hidden + 4 * mlp, 3, 1),
     }[method]
+    blocks = 8 * 4 * attention_blocks.BLOCK_ELEMENTS if method.startswith("lrpfx") else 0
     if case.attention == "eager":  # the matrices of HF's own attention
         held, transient = held + (method == "gradient"), transient + 2
     layered = 1 if method == "forward" else layers  # the forward keeps one layer at a time
     total = ((layers * held + transient) * attention + 4 * layered * tokens * per_token
-             + logits * 4 * tokens * c["vocab_size"] + copies * parameters)
+             + logits * 4 * tokens * c["vocab_size"] + copies * parameters + blocks)
     return total / MiB
 
 
