@@ -13,9 +13,14 @@ query rows ``I`` (the weights ``P_I`` recomputed from ``q_I`` and ``k``)::
     t   = R_L / stabilize(L, ε_s)                 (· ½ when both q and k receive)
     R_q = q_I · scale ⊙ (t k)                     R_k += Σ_I tᵀ (q_I · scale)  (then ⊙ k)
 
-A ``Stop`` softmax (CP-LRP) sends everything through ``v``, with no block loop over the scores'
-relevance. ``BLOCK_ELEMENTS`` bounds the elements of one block's score matrix (all batch and
-head dimensions together); a block has at least one row.
+A ``Stop`` softmax (CP-LRP) sends everything through ``v``: a block computes its weights only.
+Keys that no query of a block sees (after a causal block's last row; those a boolean mask hides
+from all its rows) are left out of its products, so a causal attention does half the work.
+``BLOCK_ELEMENTS`` bounds the elements of one block's score matrix (all batch and head
+dimensions together); a block has at least one row. Equal to the parts explained one by one
+within 1e-12 in float64 (``tests/test_fused_attention.py``). Measured (8 heads, 2048 × 2048,
+head size 64, a causal boolean mask, float32, 2 threads): 182 ms, where sdpa's forward and
+backward with the same mask take 288 ms (blocks of 4 Mi scores: 207 ms; of 256 Ki: 258 ms).
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from lrpfx import kernels
 from lrpfx import runtime as rt
 from lrpfx.runtime import kernel
 
-#: the most elements of one block's ``q kᵀ`` (batch × heads × rows × keys): 4 Mi, 16 MiB float32
-BLOCK_ELEMENTS = 1 << 22
+#: the most elements of one block's ``q kᵀ`` (batch × heads × rows × keys): 1 Mi, 4 MiB float32
+BLOCK_ELEMENTS = 1 << 20
 
 SoftmaxRule = Literal["taylor", "pass", "stop"]
 # a mask's rule: (ε, ignore_bias) of its sum with the scores (a boolean mask selects)
