@@ -4,10 +4,10 @@ Before: a normalized graph.
 After:  every ``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)``
 is ``matmul(softmax(attention_mask(matmul(attention_scale(q), transpose(k, -2, -1)), mask), -1),
 v)``, with ``attention_mask`` (a float mask added, a boolean one, the causal mask of
-``is_causal`` included, selecting) only where there is a mask (``lrpfx.ops.attention``). The
-new nodes keep the fused node's module path, spelling and source line. Dropout is an identity
-at eval time; grouped-query attention (``enable_gqa=True``) is left as it is and marked
-unsupported.
+``is_causal`` included, selecting) only where there is a mask (``lrpfx.ops.attention``);
+grouped-query attention (``enable_gqa=True``) repeats ``k`` and ``v`` over the query heads
+first (``repeat_interleave``, as sdpa does). The new nodes keep the fused node's module path,
+spelling and source line. Dropout is an identity at eval time.
 
 Likewise a mean of squares written by hand (``x.pow(2).mean(d)``, ``torch.mean(x ** 2, d)``,
 ``x.square().mean(d)``, as timm's RMSNorm fallbacks write it) whose squares nothing else reads is
@@ -30,15 +30,22 @@ from lrpfx.ops.attention import arguments
 def _attention(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
     """The expanded attention of ``node`` (inserted before it), or None when refused."""
     a = arguments(*node.args, **node.kwargs)
-    if a["gqa"] is not False:
-        node.meta[meta.UNSUPPORTED] = ("scaled_dot_product_attention with enable_gqa=True; "
-                                       "repeat the keys and values over the heads instead")
+    if not isinstance(a["gqa"], bool):
+        node.meta[meta.UNSUPPORTED] = ("scaled_dot_product_attention with a computed "
+                                       "enable_gqa; pass True or False")
         return None
     with graph.inserting_before(node):
+        new = []
+        if a["gqa"]:  # each key/value head serves q.size(-3) // k.size(-3) query heads
+            heads = [graph.call_method("size", (a[x], -3)) for x in ("q", "k")]
+            groups = graph.call_function(operator.floordiv, tuple(heads))
+            a["k"], a["v"] = (graph.call_function(torch.repeat_interleave, (a[x], groups, -3))
+                              for x in ("k", "v"))
+            new = [*heads, groups, a["k"], a["v"]]
         q = graph.call_function(kernels.attention_scale, (a["q"], a["scale"]))
         kt = graph.call_function(torch.transpose, (a["k"], -2, -1))
         logits = graph.call_function(operator.matmul, (q, kt))
-        new = [q, kt, logits]
+        new += [q, kt, logits]
         masks = [a["mask"]] if a["mask"] is not None else []
         if a["causal"]:
             masks.append(graph.call_function(kernels.causal_mask, (a["q"], a["k"])))

@@ -77,10 +77,30 @@ def test_fused_attention_with_an_explicit_scale():
     torch.testing.assert_close(got, lrpfx.compile(written, "attn-lrp")(x, target=1).relevance)
 
 
-def test_grouped_query_attention_is_refused_naming_the_node():
-    class GQA(nn.Module):
-        def forward(self, x):
-            return F.scaled_dot_product_attention(x, x[:, :1], x[:, :1], enable_gqa=True)
+@pytest.mark.parametrize("preset", ["attn-lrp", "cp-lrp"])
+def test_grouped_query_attention_repeats_the_keys_and_values(preset):
+    """``enable_gqa=True``: each key/value head serves a group of query heads, as with ``k`` and
+    ``v`` repeated over the heads (``repeat_interleave``); the fused kernel explains it."""
 
-    with pytest.raises(lrpfx.UnsupportedOperationError, match="enable_gqa"):
-        lrpfx.compile(GQA().eval(), "attn-lrp")
+    class GQA(nn.Module):
+        def __init__(self, repeat: bool) -> None:
+            super().__init__()
+            self.q, self.kv, self.repeat = nn.Linear(8, 16), nn.Linear(8, 16), repeat
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = self.q(x).unflatten(-1, (4, 4)).transpose(1, 2)
+            k, v = self.kv(x).unflatten(-1, (2, 8)).transpose(1, 2).chunk(2, -1)
+            if self.repeat:
+                k, v = k.repeat_interleave(2, -3), v.repeat_interleave(2, -3)
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=not self.repeat)
+            return o.sum((1, 3))
+
+    grouped, repeated = GQA(False).eval(), GQA(True).eval()
+    repeated.load_state_dict(grouped.state_dict())
+    x = torch.randn(2, 5, 8)
+    got = lrpfx.compile(grouped, PRESETS[preset])(x)
+    assert "lrpfx_attention_relevance" in lrpfx.compile(grouped, PRESETS[preset]).program.code
+    torch.testing.assert_close(got.output, grouped(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.relevance, lrpfx.compile(repeated, PRESETS[preset])(x).relevance,
+                               rtol=1e-10, atol=1e-12)
+    assert got.relevance.abs().sum() > 0

@@ -250,3 +250,18 @@ def test_llama_sdpa_fused_equals_its_attention_written_out(monkeypatch):
     torch.testing.assert_close(explained["sdpa"].output, explained["eager"].output)
     torch.testing.assert_close(explained["sdpa"].relevance, explained["eager"].relevance,
                                rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.usefixtures("float64_norms")
+def test_llama_with_grouped_query_sdpa_equals_repeated_keys(monkeypatch):
+    """HuggingFace passes ``enable_gqa=True`` to sdpa where it can (no mask on CUDA, or
+    ``TRANSFORMERS_SDPA_FORCE_GQA``) instead of repeating the keys and values: one explanation."""
+    from transformers.integrations import sdpa_attention
+
+    inputs, rule = _batch(), composites.AttnLRP(epsilon=0.0)
+    repeated = lrpfx.compile(_make("llama", "sdpa"), rule, example_inputs=inputs)(**inputs)
+    monkeypatch.setattr(sdpa_attention, "use_gqa_in_sdpa", lambda *args: True)
+    grouped = lrpfx.compile(_make("llama", "sdpa"), rule, example_inputs=inputs)
+    assert "repeat_interleave" in grouped.program.code
+    torch.testing.assert_close(grouped(**inputs).relevance, repeated.relevance, rtol=1e-12,
+                               atol=1e-14)
