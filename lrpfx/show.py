@@ -37,6 +37,8 @@ MAXPOOL_NOTES = {"avg": "as avg-pool", "wta": "winner-takes-all"}
 
 
 def _value(value: Any) -> str:
+    if isinstance(value, Rule):  # a rule of rules (rules.Attention)
+        return describe_rule(value)
     if isinstance(value, torch.Tensor):
         if value.numel() == 1:
             return f"{value.item():.3g}"
@@ -47,7 +49,8 @@ def _value(value: Any) -> str:
 def describe_rule(rule: Rule | None) -> str:
     """A compact ``Name(param=value)``: the rule's own parameters always, the stabilizer and
     ``ignore_bias`` only when not the default: ``Gamma(γ=0.25)``, ``Epsilon(ε=0.25·std)``,
-    ``ZBox(-2.12…2.64)`` (the lowest and highest bound), ``TopK(10%, ZPlus())``."""
+    ``ZBox(-2.12…2.64)`` (the lowest and highest bound), ``TopK(10%, ZPlus())``, and the rules
+    of a rule so: ``Attention(scores=Epsilon(ε=1e-06), softmax=SoftmaxTaylor(), ...)``."""
     if rule is None:
         return ""
     if isinstance(rule, TopK):

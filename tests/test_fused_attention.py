@@ -16,6 +16,7 @@ import lrpfx
 import lrpfx.compiler
 from lrpfx import attention, composites, rules
 from lrpfx.rules import Attention
+from lrpfx.show import describe_rule
 
 COMPOSITES = {"attn-lrp": composites.AttnLRP(epsilon=1e-9), "cp-lrp": composites.CPLRP(),
               "epsilon-plus": "epsilon-plus"}  # the last: Pass on the softmax
@@ -104,6 +105,8 @@ def test_the_fused_node_shows_its_parts_rules():
     rule = node.meta[lrpfx.meta.RULE]
     assert rule == Attention(scores=rules.Epsilon(1e-7), softmax=rules.SoftmaxTaylor(),
                              values=rules.Epsilon(1e-7), mask=rules.Norm(1e-7))
+    assert describe_rule(rule) == ("Attention(scores=Epsilon(ε=1e-07), softmax=SoftmaxTaylor(), "
+                                   "values=Epsilon(ε=1e-07), mask=Norm(stab=1e-07))")
     assert "lrpfx_attention_relevance" in explainer.program.code
     assert "softmax" not in explainer.program.code  # no attention matrix in the program
 
