@@ -127,3 +127,25 @@ def test_parts_stay_where_the_kernel_does_not_apply():
 
     assert not _fused(lrpfx.compile(InputMask(queries=4, keys=4).eval(), "attn-lrp",
                                     example_inputs=x))
+
+
+def test_an_exactly_causal_boolean_mask_runs_as_is_causal(monkeypatch):
+    """On CPU the fused forward gives sdpa ``is_causal=True`` for a boolean mask that is exactly
+    the causal one (what ``torch.export`` keeps of a language model's mask without padding):
+    the same values, bit for bit, in half the work; any other mask is passed as it is."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 300, 16, dtype=torch.float32).unbind(0)
+    tril = torch.ones(300, 300, dtype=torch.bool).tril()
+    padded = tril.clone()
+    padded[:, 290:] = False  # the last keys are padding
+    sdpa, calls = F.scaled_dot_product_attention, []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["is_causal"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    for mask in (tril, tril.expand(2, 1, 300, 300), padded):
+        assert torch.equal(attention.forward(q, k, v, mask, False, None),
+                           sdpa(q, k, v, attn_mask=mask))
+    assert calls == [True, True, False]

@@ -23,7 +23,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import fx
 
-from lrpfx import attention, kernels
+from lrpfx import attention, kernels, meta
 from lrpfx import runtime as rt
 from lrpfx.builder import Builder
 from lrpfx.ops.bilinear import receives
@@ -33,8 +33,18 @@ from lrpfx.rules import Attention, Epsilon, Norm, SoftmaxTaylor, Stop
 defop(kernels.attention_scale, kind=OpKind.SCALE)
 defop(kernels.causal_mask, kind=OpKind.SHAPE, constant=True)
 defop(kernels.attention_mask, kind=OpKind.ADD)
+
+
+def _forward(b: Builder, node: fx.Node) -> fx.Node:
+    """The fused attention's forward: ``lrpfx.attention.forward``, sdpa itself."""
+    a = b.map(arguments(*node.args, **node.kwargs))
+    return b.call(attention.forward, a["q"], a["k"], a["v"], a["mask"], a["causal"], a["scale"],
+                  name=meta.display_name(node))
+
+
 # rules.Attention is given by passes.fuse, never by a composite
-defop(F.scaled_dot_product_attention, kind=OpKind.ATTENTION, rule_when=lambda node: False)
+defop(F.scaled_dot_product_attention, kind=OpKind.ATTENTION, rule_when=lambda node: False,
+      forward=_forward)
 
 
 def arguments(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: Any = 0.0,
