@@ -121,11 +121,10 @@ def _scores(x: torch.Tensor, weights: torch.Tensor, logits: torch.Tensor,
 
 def _causal_mask(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether ``mask`` is exactly ``is_causal``'s (a boolean, every row of it)."""
-    length, keys = q.size(-2), k.size(-2)
-    if mask.dtype != torch.bool or mask.dim() < 2 or mask.shape[-2:] != (length, keys):
+    if (mask.dtype != torch.bool or mask.dim() < 2
+            or mask.shape[-2:] != (q.size(-2), k.size(-2))):
         return False
-    tril = torch.ones(length, keys, dtype=torch.bool, device=mask.device).tril()
-    return bool(torch.equal(mask, tril.expand_as(mask)))
+    return bool(torch.equal(mask, kernels.causal_mask(q, k).expand_as(mask)))
 
 
 @kernel(fresh=True)

@@ -35,6 +35,14 @@ defop(kernels.causal_mask, kind=OpKind.SHAPE, constant=True)
 defop(kernels.attention_mask, kind=OpKind.ADD)
 
 
+def arguments(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: Any = 0.0,
+              is_causal: Any = False, scale: Any = None, enable_gqa: Any = False
+              ) -> dict[str, Any]:
+    """The arguments of an ``F.scaled_dot_product_attention`` call by name."""
+    return {"q": q, "k": k, "v": v, "mask": attn_mask, "causal": is_causal, "scale": scale,
+            "gqa": enable_gqa}
+
+
 def _forward(b: Builder, node: fx.Node) -> fx.Node:
     """The fused attention's forward: ``lrpfx.attention.forward``, sdpa itself."""
     a = b.map(arguments(*node.args, **node.kwargs))
@@ -45,14 +53,6 @@ def _forward(b: Builder, node: fx.Node) -> fx.Node:
 # rules.Attention is given by passes.fuse, never by a composite
 defop(F.scaled_dot_product_attention, kind=OpKind.ATTENTION, rule_when=lambda node: False,
       forward=_forward)
-
-
-def arguments(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: Any = 0.0,
-              is_causal: Any = False, scale: Any = None, enable_gqa: Any = False
-              ) -> dict[str, Any]:
-    """The arguments of an ``F.scaled_dot_product_attention`` call by name."""
-    return {"q": q, "k": k, "v": v, "mask": attn_mask, "causal": is_causal, "scale": scale,
-            "gqa": enable_gqa}
 
 
 @relevance(kernels.attention_scale)
